@@ -1,0 +1,317 @@
+"""Command line: `python -m minigpt train|sample|eval|info|explain|bench ...`.
+
+Every user error (a bad flag value, a missing file, a bad checkpoint) exits 2 with one line on
+stderr; defaults come from the config dataclasses, so the CLI and the app agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+
+from .limits import Limits
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# ---- train --------------------------------------------------------------------------------------
+
+def add_train(sub):
+    from .model import GPTConfig
+    from .train import TrainConfig
+    m, t = GPTConfig(), TrainConfig()
+    p = sub.add_parser("train", help="train a model and save a .safetensors checkpoint",
+                       description="Train a GPT (or the bigram baseline) on Tiny Shakespeare or your own text. "
+                                   "Example: python -m minigpt train --out runs/shakespeare.safetensors")
+    p.add_argument("--data", default="shakespeare", help="'shakespeare' or the path of a UTF-8 text file")
+    p.add_argument("--tokenizer", default="char", choices=["char", "gpt2"], help="char or GPT-2 BPE (default char)")
+    p.add_argument("--model", default=m.model, choices=["gpt", "bigram"], help="gpt or the bigram baseline")
+    p.add_argument("--n-layer", type=int, default=m.n_layer, help=f"transformer blocks (default {m.n_layer})")
+    p.add_argument("--n-head", type=int, default=m.n_head, help=f"attention heads (default {m.n_head})")
+    p.add_argument("--n-embd", type=int, default=m.n_embd, help=f"embedding width (default {m.n_embd})")
+    p.add_argument("--block-size", type=int, default=m.block_size, help=f"context length (default {m.block_size})")
+    p.add_argument("--dropout", type=float, default=m.dropout, help=f"dropout (default {m.dropout})")
+    p.add_argument("--batch-size", type=int, default=t.batch_size, help=f"batch size (default {t.batch_size})")
+    p.add_argument("--lr", type=float, default=t.lr, help=f"peak learning rate (default {t.lr})")
+    p.add_argument("--min-lr", type=float, default=t.min_lr, help=f"final learning rate (default {t.min_lr})")
+    p.add_argument("--warmup-iters", type=int, default=t.warmup_iters, help="warmup steps")
+    p.add_argument("--max-iters", type=int, default=t.max_iters, help=f"training steps (default {t.max_iters})")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="time budget; the learning-rate schedule then follows the clock")
+    p.add_argument("--target-val-loss", type=float, default=None,
+                   help="stop as soon as the full validation loss reaches this")
+    p.add_argument("--eval-interval", type=int, default=t.eval_interval, help="steps between loss estimates")
+    p.add_argument("--eval-iters", type=int, default=t.eval_iters, help="batches per loss estimate")
+    p.add_argument("--seed", type=int, default=t.seed, help="random seed (init and batches)")
+    p.add_argument("--device", default=t.device, help="auto | cpu | cuda | mps (or MINIGPT_DEVICE)")
+    p.add_argument("--dtype", default=t.dtype, choices=["auto", "float32", "bfloat16"],
+                   help="auto uses bf16 autocast where it is faster")
+    p.add_argument("--fp32", action="store_true", help="force float32 (same as --dtype float32)")
+    p.add_argument("--out", default="runs/model.safetensors", help="checkpoint to write")
+    p.add_argument("--resume", default=None, help="continue training from this checkpoint")
+    p.add_argument("--log-json", action="store_true", help="one JSON object per event; a summary last")
+    p.add_argument("--log-interval", type=int, default=10, help="steps between progress lines / step events")
+    p.set_defaults(func=run_train)
+
+
+def _splits(text: str, tokenizer):
+    import torch
+
+    from .data import split_ids
+    return split_ids(torch.tensor(tokenizer.encode(text), dtype=torch.long))
+
+
+def build_run(args, limits: Limits):
+    """The Run `train` works on: fresh from the flags, or resumed from a checkpoint."""
+    from .checkpoint import load_checkpoint
+    from .data import load_text
+    from .device import pick_device, pick_precision
+    from .model import GPTConfig
+    from .tokenizers import build_tokenizer
+    from .train import Run, make_optimizer
+
+    text = load_text(args.data)
+    name = args.data if args.data == "shakespeare" else str(args.data)
+    dtype = "float32" if args.fp32 else args.dtype
+    if args.resume:
+        ck = load_checkpoint(args.resume)
+        splits = _splits(text, ck.tokenizer)
+        device = pick_device(args.device)
+        run = Run(model=ck.model.to(device), tokenizer=ck.tokenizer, splits=splits,
+                  precision=pick_precision(device, dtype, ck.config.n_embd), data_name=name,
+                  iters=int(ck.training.get("iters", 0) or 0), seconds=float(ck.training.get("seconds", 0) or 0))
+        if ck.optimizer_state is not None:
+            from .train import TrainConfig
+            run.optimizer = make_optimizer(run.model, TrainConfig(), device)
+            try:
+                run.optimizer.load_state_dict(ck.optimizer_state)
+            except (ValueError, KeyError) as e:
+                raise UserError(f"the optimizer state in {args.resume} does not fit its model: {e}") from None
+        return run
+    tokenizer = build_tokenizer(args.tokenizer, text)
+    cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                    n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, model=args.model)
+    cfg.validate(limits)
+    return Run.create(cfg, tokenizer, _splits(text, tokenizer), device=args.device, dtype=dtype,
+                      seed=args.seed, data_name=name)
+
+
+def run_train(args) -> int:
+    from .checkpoint import save_checkpoint
+    from .train import Done, Eval, Sample, Start, Step, TrainConfig, event_dict, train
+
+    limits = Limits.from_env()
+    cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, min_lr=min(args.min_lr, args.lr),
+                      warmup_iters=args.warmup_iters, max_iters=args.max_iters, max_seconds=args.max_seconds,
+                      target_val_loss=args.target_val_loss, eval_interval=args.eval_interval,
+                      eval_iters=args.eval_iters, seed=args.seed, device=args.device,
+                      dtype="float32" if args.fp32 else args.dtype)
+    cfg.validate(limits)
+    if args.log_interval < 1:
+        raise UserError("--log-interval must be >= 1")
+    run = build_run(args, limits)
+    stop = threading.Event()
+    last_val, last_print = None, 0.0
+    done = None
+    out = sys.stdout
+    try:
+        for ev in train(run, cfg, stop, limits):
+            if args.log_json:
+                if not isinstance(ev, Step) or ev.iter % args.log_interval == 0:
+                    print(json.dumps(event_dict(ev)), file=out, flush=True)
+            elif isinstance(ev, Start):
+                print(f"device {ev.device} ({ev.dtype}) | {ev.params:,} parameters | "
+                      f"{ev.train_tokens:,} train / {ev.val_tokens:,} val tokens", file=out, flush=True)
+            elif isinstance(ev, Step):
+                now = time.monotonic()
+                if ev.iter % args.log_interval == 0 and now - last_print >= 1.0:
+                    last_print = now
+                    val = f"{last_val:.4f}" if last_val is not None else "-"
+                    print(f"iter {ev.iter:6d} | loss {ev.loss:.4f} | val {val} | {ev.tokens_per_s / 1000:.1f}k tok/s | "
+                          f"lr {ev.lr:.2e} | {_fmt_time(ev.elapsed)} elapsed, ETA {_fmt_time(ev.eta)}",
+                          file=out, flush=True)
+            elif isinstance(ev, Eval):
+                last_val = ev.val_loss
+                print(f"eval @ {ev.iter}: train {ev.train_loss:.4f} | val {ev.val_loss:.4f}", file=out, flush=True)
+            elif isinstance(ev, Sample):
+                print("--- sample ---\n" + ev.text.strip("\n") + "\n--------------", file=out, flush=True)
+            if isinstance(ev, Done):
+                done = ev
+    except KeyboardInterrupt:
+        print("interrupted: saving the model trained so far", file=sys.stderr)
+    path = save_checkpoint(args.out, run.model, run.tokenizer, run.run_card(), run.optimizer)
+    summary = {"val_loss": run.final_val_loss, "iters": run.iters,
+               "train_seconds": round(run.seconds, 2),
+               "tokens_per_s": round(done.tokens_per_s) if done else None,
+               "reason": done.reason if done else "stopped", "out": str(path)}
+    if done and done.message:
+        print(done.message, file=sys.stderr)
+    if not args.log_json:
+        val = f"{run.final_val_loss:.4f}" if run.final_val_loss is not None else "n/a"
+        print(f"done ({summary['reason']}): {run.iters} iters in {run.seconds:.1f} s, full val loss {val}, "
+              f"saved {path}")
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+# ---- sample -------------------------------------------------------------------------------------
+
+def add_sample(sub):
+    from .sampling import SamplingConfig
+    s = SamplingConfig()
+    p = sub.add_parser("sample", help="generate text from a checkpoint (streams to stdout)")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by minigpt")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--tokens", type=int, default=300, help="tokens to generate")
+    p.add_argument("--strategy", default=s.strategy, choices=["greedy", "multinomial", "temperature"])
+    p.add_argument("--temperature", type=float, default=s.temperature)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | mps")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context every token")
+    p.set_defaults(func=run_sample)
+
+
+def run_sample(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .device import pick_device
+    from .generate import generate
+    from .limits import check_int
+    from .sampling import SamplingConfig
+
+    limits = Limits.from_env()
+    n = check_int("--tokens", args.tokens, 1, limits.max_new_tokens)
+    sampling = SamplingConfig(args.strategy, args.temperature, args.top_k, args.top_p).validate()
+    ck = load_checkpoint(args.checkpoint, device=pick_device(args.device))
+    steps = generate(ck.model, ck.tokenizer, args.prompt, n, sampling, seed=args.seed, use_cache=not args.no_cache)
+    t0 = time.perf_counter()
+    first = next(steps)  # encodes the prompt: an unknown character fails here, before any output
+    sys.stdout.write(args.prompt + first.text)
+    count = 1
+    for step in steps:
+        sys.stdout.write(step.text)
+        sys.stdout.flush()
+        count += 1
+    sys.stdout.write("\n")
+    print(f"[{count} tokens, {count / (time.perf_counter() - t0):.0f} tokens/s, "
+          f"{'no cache' if args.no_cache else 'kv cache'}]", file=sys.stderr)
+    return 0
+
+
+# ---- eval / info --------------------------------------------------------------------------------
+
+def add_eval(sub):
+    p = sub.add_parser("eval", help="full-validation loss of a checkpoint (last line: JSON)")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default="shakespeare", help="'shakespeare' or a text file path")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .data import load_text
+    from .device import pick_device
+    from .evaluate import full_val_loss, val_split
+
+    ck = load_checkpoint(args.checkpoint, device=pick_device(args.device))
+    ids = torch.tensor(ck.tokenizer.encode(load_text(args.data)), dtype=torch.long)
+    loss = full_val_loss(ck.model, val_split(ids), ck.config.block_size)
+    print(f"full validation loss of {args.checkpoint} on {args.data}: {loss:.4f}")
+    print(json.dumps({"val_loss": round(loss, 4)}))
+    return 0
+
+
+def add_info(sub):
+    p = sub.add_parser("info", help="config, parameter count and training summary of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_info)
+
+
+def checkpoint_info(path) -> dict:
+    """What `info` shows, as a dict (also used by the app)."""
+    from .checkpoint import inspect_checkpoint
+    from .model import estimate_params
+    config, tokenizer, training, header, metadata = inspect_checkpoint(path)
+    return {"config": config.to_dict(), "params": estimate_params(config), "tokenizer": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size, "training": training,
+            "has_optimizer_state": any(k.startswith("optimizer.") for k in header),
+            "minigpt_version": metadata.get("minigpt_version"), "saved_at": metadata.get("saved_at")}
+
+
+def run_info(args) -> int:
+    info = checkpoint_info(args.checkpoint)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    c, t = info["config"], info["training"]
+    print(f"{args.checkpoint}")
+    print(f"  model      {c['model']}: {c['n_layer']} layers, {c['n_head']} heads, {c['n_embd']} wide, "
+          f"context {c['block_size']}, dropout {c['dropout']}, bias {c['bias']}")
+    print(f"  params     {info['params']:,}")
+    print(f"  tokenizer  {info['tokenizer']} ({info['vocab_size']} tokens)")
+    if t:
+        val = t.get("val_loss")
+        print(f"  training   {t.get('iters')} iters, {t.get('seconds')} s on {t.get('device')} ({t.get('dtype')}), "
+              f"data {t.get('data')}, seed {t.get('seed')}")
+        print(f"  val loss   {val:.4f}" if isinstance(val, (int, float)) else "  val loss   n/a")
+    print(f"  saved      {info['saved_at']} by minigpt {info['minigpt_version']}"
+          f"{' (with optimizer state)' if info['has_optimizer_state'] else ''}")
+    return 0
+
+
+# ---- entry point --------------------------------------------------------------------------------
+
+def _register_optional(sub):
+    """Subcommands that live in their own modules."""
+    import importlib
+    for module in ("experiments_cli", "bench", "prepare"):
+        try:
+            mod = importlib.import_module(f"minigpt.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"minigpt.{module}":
+                raise
+            continue
+        mod.register(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m minigpt", description="minigpt: a small, fast, clear GPT playground")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train(sub)
+    add_sample(sub)
+    add_eval(sub)
+    add_info(sub)
+    _register_optional(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # e.g. `sample ... | head`
+        return 0
+    except (UserError, CheckpointError, DataError, ValueError, OSError) as e:
+        print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
+        return EXIT_USER_ERROR

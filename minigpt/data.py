@@ -1,0 +1,123 @@
+"""Data: the data directory, verified downloads, text loading, the train/val split and batches."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+GPT2_RANKS_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+TRAIN_FRACTION = 0.9  # first 90% trains, last 10% validates (as in the lecture)
+
+
+class DataError(ValueError):
+    """A data source that cannot be used; the message says why."""
+
+
+def data_dir() -> Path:
+    """$MINIGPT_DATA_DIR, else ~/.cache/minigpt."""
+    return Path(os.environ.get("MINIGPT_DATA_DIR") or Path.home() / ".cache" / "minigpt").expanduser()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, rename: old file or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def download(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> Path:
+    """Fetch url into dest (atomically) after checking its sha256; OSError with a clear message."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            payload = r.read()
+    except OSError as e:
+        raise OSError(f"could not download {url} ({e}); put the file at {dest} "
+                      f"or set MINIGPT_DATA_DIR to a folder that has it") from None
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != sha256:
+        raise OSError(f"download of {url} has sha256 {digest}, expected {sha256}; not saved")
+    atomic_write(dest, payload)
+    return dest
+
+
+def ensure_shakespeare() -> Path:
+    path = data_dir() / "tinyshakespeare.txt"
+    return path if path.exists() else download(SHAKESPEARE_URL, path, SHAKESPEARE_SHA256)
+
+
+def ensure_gpt2_ranks() -> Path:
+    path = data_dir() / "gpt2.tiktoken"
+    return path if path.exists() else download(GPT2_RANKS_URL, path, GPT2_RANKS_SHA256)
+
+
+def decode_text(raw: bytes, name: str = "the text", max_bytes: int | None = None) -> str:
+    """Bytes → text for training: must be UTF-8, not binary, not empty, not over max_bytes."""
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise DataError(f"{name} is {len(raw) / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB")
+    if b"\x00" in raw:
+        raise DataError(f"{name} looks binary (it contains NUL bytes); use a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name} is not UTF-8 text (bad byte at position {e.start})") from None
+    if not text.strip():
+        raise DataError(f"{name} is empty")
+    return text
+
+
+def load_text(source: str, max_bytes: int | None = None) -> str:
+    """'shakespeare' (downloaded on first use) or the path of a UTF-8 text file."""
+    if source == "shakespeare":
+        path = ensure_shakespeare()
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise DataError(f"no such text file: {source} (use 'shakespeare' or a path)")
+    return decode_text(path.read_bytes(), name=str(path), max_bytes=max_bytes)
+
+
+@dataclass
+class Splits:
+    """Token ids of the training and validation parts (1-D int64 tensors)."""
+    train: torch.Tensor
+    val: torch.Tensor
+
+
+def split_ids(ids, fraction: float = TRAIN_FRACTION) -> Splits:
+    data = ids if isinstance(ids, torch.Tensor) else torch.tensor(ids, dtype=torch.long)
+    n = int(fraction * len(data))
+    return Splits(train=data[:n], val=data[n:])
+
+
+def get_batch(data: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator | None = None,
+              device="cpu"):
+    """Random windows: x = data[i:i+T], y = data[i+1:i+T+1], gathered in one indexing op."""
+    if len(data) <= block_size + 1:
+        raise DataError(f"the text has {len(data)} tokens, too few for a context of {block_size}; "
+                        f"use more text or a shorter context")
+    ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+    offsets = ix[:, None] + torch.arange(block_size + 1)
+    window = data[offsets]  # (B, T+1)
+    x, y = window[:, :-1], window[:, 1:]
+    if str(device) != "cpu":
+        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x, y

@@ -1,0 +1,133 @@
+"""Text generation: a streaming generator with a KV cache, and the naive reference it must match.
+
+The cached path feeds the prompt once, then one token per step; when the cache is full (learned
+position embeddings end at block_size) it recomputes on the last block_size tokens each step,
+exactly what the naive reference does all along.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .model import new_kv_cache
+from .sampling import SamplingConfig, sample_next
+
+
+@dataclass
+class TokenStep:
+    """One generated token and what the model thought of it (probabilities at T = 1)."""
+    id: int
+    text: str                    # new text this step ("" while a multi-byte character is incomplete)
+    piece: str                   # the token's own text
+    prob: float                  # model probability of the chosen token
+    logprob: float
+    top_ids: list[int] = field(default_factory=list)     # the model's top-N next tokens
+    top_probs: list[float] = field(default_factory=list)
+    logits: torch.Tensor | None = None                   # raw logits (vocab,), when asked for
+
+
+def start_ids(tokenizer, prompt: str) -> list[int]:
+    """Prompt ids; an empty prompt starts from a newline (char) or <|endoftext|> (BPE)."""
+    if prompt:
+        return tokenizer.encode(prompt)
+    for candidate in ("\n", " "):
+        try:
+            return tokenizer.encode(candidate)[:1]
+        except ValueError:
+            continue
+    return [0]
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def stream_ids(model, ids: list[int], max_new_tokens: int, sampling: SamplingConfig,
+               generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (token id, next-token logits it was drawn from) max_new_tokens times."""
+    block = model.config.block_size
+    device = _device(model)
+    seq = list(ids)[-block:]
+    if not seq:
+        raise ValueError("generation needs at least one prompt token")
+    was_training = model.training
+    model.eval()
+    try:
+        cache = new_kv_cache(model) if use_cache else None
+
+        def recompute():
+            x = torch.tensor([seq[-block:]], dtype=torch.long, device=device)
+            return model(x)[0][0, -1]
+
+        if cache is not None:
+            logits = model(torch.tensor([seq], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1]
+        else:
+            logits = recompute()
+        for _ in range(max_new_tokens):
+            tok = int(sample_next(logits[None], sampling, generator)[0])
+            yield tok, logits
+            seq.append(tok)
+            if cache is not None and cache.room() > 0:
+                logits = model(torch.tensor([[tok]], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1]
+            else:
+                logits = recompute()
+    finally:
+        model.train(was_training)
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(seed) if seed is not None else torch.seed())
+    return g
+
+
+def generate(model, tokenizer, prompt: str, max_new_tokens: int, sampling: SamplingConfig | None = None,
+             seed: int | None = 1337, use_cache: bool = True, top_n: int = 10,
+             keep_logits: bool = False) -> Iterator[TokenStep]:
+    """Stream TokenSteps for `prompt`; the same seed and settings give the same text.
+
+    A prompt longer than the context keeps its last block_size tokens. Raises ValueError
+    (e.g. UnknownCharactersError) before yielding anything if the prompt cannot be encoded.
+    """
+    sampling = (sampling or SamplingConfig()).validate()
+    ids = start_ids(tokenizer, prompt)
+    generator = make_generator(seed)
+    out: list[int] = []
+    emitted = ""
+    char_level = tokenizer.kind == "char"
+    for tok, logits in stream_ids(model, ids, max_new_tokens, sampling, generator, use_cache):
+        probs = F.softmax(logits.float(), dim=-1)
+        top = torch.topk(probs, min(top_n, probs.numel()))
+        out.append(tok)
+        piece = tokenizer.pieces([tok])[0]
+        if char_level:
+            text = piece
+        else:  # emit BPE text only when it does not end inside a multi-byte character
+            decoded = tokenizer.decode(out)
+            text = "" if decoded.endswith("\ufffd") else decoded[len(emitted):]
+            emitted = emitted if decoded.endswith("\ufffd") else decoded
+        p = float(probs[tok])
+        yield TokenStep(id=tok, text=text, piece=piece, prob=p, logprob=math.log(max(p, 1e-45)),
+                        top_ids=top.indices.tolist(), top_probs=top.values.tolist(),
+                        logits=logits.detach().cpu() if keep_logits else None)
+
+
+def perplexity(steps: list[TokenStep]) -> tuple[float, float]:
+    """(mean log-likelihood per token, perplexity) of generated tokens under the model."""
+    if not steps:
+        return float("nan"), float("nan")
+    mean_ll = sum(s.logprob for s in steps) / len(steps)
+    return mean_ll, math.exp(-mean_ll)
+
+
+@torch.no_grad()
+def generate_naive(model, ids: list[int], max_new_tokens: int, sampling: SamplingConfig,
+                   generator: torch.Generator | None = None) -> list[tuple[int, torch.Tensor]]:
+    """Reference: recompute the whole (cropped) context for every token. Slow and obviously right."""
+    return list(stream_ids(model, ids, max_new_tokens, sampling, generator, use_cache=False))

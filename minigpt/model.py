@@ -1,0 +1,309 @@
+"""The models: a pre-norm GPT (nanoGPT layout and GPT-2 names) and the bigram baseline.
+
+`forward(idx, targets=None, kv_cache=None, return_attn=False)`: attention runs through the fused
+`F.scaled_dot_product_attention` by default and through the explicit q·kᵀ/√d → mask → softmax → ·v
+path when the weights are asked for (the attention view) or when `explicit_attention` is set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .limits import Limits
+
+MODEL_KINDS = ("gpt", "bigram")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65       # 65 characters in Tiny Shakespeare
+    block_size: int = 64       # context length: the most tokens the model looks back on
+    n_layer: int = 4           # transformer blocks
+    n_head: int = 4            # attention heads per block; must divide n_embd
+    n_embd: int = 128          # width of the residual stream
+    dropout: float = 0.0       # 0 for short runs on small data; ~0.2 for long runs of big models
+    bias: bool = False         # biases in Linear/LayerNorm: slightly faster and no worse without
+    model: str = "gpt"         # "gpt" or "bigram" (a lookup table of next-token logits)
+
+    def validate(self, limits: Limits | None = None) -> "GPTConfig":
+        """Raise ValueError naming the field if this config cannot work (or breaks the limits)."""
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias must be true or false, got {self.bias!r}")
+        if self.model == "gpt" and self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if limits is not None:
+            for name, cap in (("vocab_size", limits.max_vocab), ("block_size", limits.max_context),
+                              ("n_layer", limits.max_layers), ("n_head", limits.max_heads),
+                              ("n_embd", limits.max_embd)):
+                if getattr(self, name) > cap:
+                    raise ValueError(f"{name} = {getattr(self, name)} is over the limit of {cap}")
+            n = estimate_params(self)
+            if n > limits.max_params:
+                raise ValueError(f"the model would have {n:,} parameters, over the limit of "
+                                 f"{limits.max_params:,} (MINIGPT_MAX_PARAMS)")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"unknown model config fields: {', '.join(sorted(unknown))}")
+        return cls(**known)
+
+
+def estimate_params(cfg: GPTConfig) -> int:
+    """Parameter count of the model `cfg` describes, without building it (tied head counted once)."""
+    V, T, L, C = cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd
+    if cfg.model == "bigram":
+        return V * V
+    b = 1 if cfg.bias else 0
+    ln = C * (1 + b)
+    attn = C * 3 * C + 3 * C * b + C * C + C * b
+    mlp = C * 4 * C + 4 * C * b + 4 * C * C + C * b
+    return V * C + T * C + L * (2 * ln + attn + mlp) + ln
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's own takes bias= too; kept explicit for clarity)."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class KVCache:
+    """Preallocated per-layer keys and values for incremental decoding.
+
+    Holds up to `block_size` positions; `pos` is how many are filled. Learned position embeddings
+    end at block_size, so a full cache cannot roll: the caller then recomputes on the last window.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, device, dtype):
+        hs = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.block_size = cfg.block_size
+        self.pos = 0
+
+    def reset(self):
+        self.pos = 0
+
+    def room(self) -> int:
+        return self.block_size - self.pos
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, nh, T, hs) at the current position; return all keys/values so far."""
+        T = k.size(2)
+        end = self.pos + T
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int):
+        self.pos += n
+
+
+def causal_mask(t_query: int, t_key: int, device) -> torch.Tensor:
+    """Boolean (t_query, t_key) mask: query i (the last t_query of t_key positions) sees keys ≤ it."""
+    offset = t_key - t_query
+    q = torch.arange(t_query, device=device)[:, None] + offset
+    k = torch.arange(t_key, device=device)[None, :]
+    return k <= q
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.n_head, self.n_embd, self.layer = cfg.n_head, cfg.n_embd, layer
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.attn_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.explicit = False  # force the explicit path (tests, teaching)
+
+    def forward(self, x, kv_cache: KVCache | None = None, return_attn: bool = False):
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)  # (B, nh, Tk, hs), Tk = cached + T
+        Tk = k.size(2)
+        att = None
+        if return_attn or self.explicit:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk)
+            att = att.masked_fill(~causal_mask(T, Tk, x.device), float("-inf"))
+            att = F.softmax(att, dim=-1)
+            y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
+        else:
+            p = self.dropout if self.training else 0.0
+            if Tk == T:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            elif T == 1:  # one new token sees every cached position
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, Tk, x.device), dropout_p=p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), att
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, kv_cache=None, return_attn=False):
+        a, att = self.attn(self.ln_1(x), kv_cache, return_attn)  # pre-norm: normalise, then add
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, att
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
+            ln_f=LayerNorm(cfg.n_embd, cfg.bias),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
+        self.apply(self._init_weights)
+        # Residual projections add into the stream once per layer: scale them so its variance stays put.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, the tied head counted once; without position embeddings if non_embedding."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def set_explicit_attention(self, on: bool = True):
+        for block in self.transformer.h:
+            block.attn.explicit = on
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, return_attn: bool = False):
+        """Logits (B, T, vocab); loss if targets; attention weights per layer if return_attn.
+
+        With a kv_cache, idx holds only the new tokens and positions continue from the cache.
+        Returns (logits, loss) or (logits, loss, [att per layer (B, nh, T, Tk)]).
+        """
+        B, T = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than the context ({self.config.block_size})")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        atts = []
+        for block in self.transformer.h:
+            x, att = block(x, kv_cache, return_attn)
+            atts.append(att)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return (logits, loss, atts) if return_attn else (logits, loss)
+
+
+class Bigram(nn.Module):
+    """The first model of the lecture: each token looks up a row of next-token logits."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.token_logits = nn.Embedding(cfg.vocab_size, cfg.vocab_size)
+        nn.init.normal_(self.token_logits.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, kv_cache=None, return_attn=False):
+        logits = self.token_logits(idx)  # (B, T, vocab)
+        if kv_cache is not None:
+            kv_cache.advance(idx.size(1))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return (logits, loss, []) if return_attn else (logits, loss)
+
+
+def build_model(cfg: GPTConfig) -> nn.Module:
+    """The model `cfg.model` names."""
+    return GPT(cfg) if cfg.validate().model == "gpt" else Bigram(cfg)
+
+
+def new_kv_cache(model: nn.Module, batch_size: int = 1) -> KVCache | None:
+    """A KV cache fitting `model` (None for the bigram, which needs no context)."""
+    if not isinstance(model, GPT):
+        return None
+    p = model.transformer.wte.weight
+    return KVCache(model.config, batch_size, p.device, p.dtype)
+
+
+def decay_split(model: nn.Module) -> tuple[list, list]:
+    """(matrices and embeddings, which get weight decay; gains and biases, which do not).
+
+    The order is fixed by named_parameters, so optimizer state saved with it lines up on load.
+    """
+    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]

@@ -1,0 +1,78 @@
+"""Sampling: pure functions from next-token logits to a chosen token, with a seeded generator.
+
+Strategies: `greedy` (argmax), `multinomial` (sample softmax(logits) as is, T = 1) and
+`temperature` (sample softmax(logits / T)). The `top_k` and `top_p` filters work with either
+sampling strategy; greedy ignores them (the argmax survives every filter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .limits import check_float, check_int
+
+STRATEGIES = ("greedy", "multinomial", "temperature")
+
+
+@dataclass
+class SamplingConfig:
+    strategy: str = "temperature"  # greedy | multinomial | temperature
+    temperature: float = 0.8       # used by `temperature`: < 1 sharpens, > 1 flattens
+    top_k: int | None = None       # keep only the k most likely tokens
+    top_p: float | None = None     # keep the smallest set of tokens whose probability reaches p
+
+    def validate(self) -> "SamplingConfig":
+        """Raise ValueError naming the field if a setting is out of range."""
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        self.temperature = check_float("temperature", self.temperature, 0.0, 100.0, lo_open=True)
+        if self.top_k is not None:
+            self.top_k = check_int("top_k", self.top_k, 1, 1_000_000)
+        if self.top_p is not None:
+            self.top_p = check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def scaled_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Logits after temperature and the top-k / top-p filters (filtered entries are -inf)."""
+    logits = logits.float()
+    if cfg.strategy == "temperature":
+        logits = logits / cfg.temperature
+    if cfg.top_k is not None and cfg.top_k < logits.size(-1):
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p is not None and cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach p (the top token always stays).
+        drop_sorted = (cum - F.softmax(sorted_logits, dim=-1)) >= cfg.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """The distribution the strategy samples from (one-hot for greedy)."""
+    if cfg.strategy == "greedy":
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
+    return F.softmax(scaled_logits(logits, cfg), dim=-1)
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Token ids (B,) chosen from logits (B, vocab) by the strategy."""
+    if cfg.strategy == "greedy":
+        return logits.argmax(dim=-1)
+    probs = F.softmax(scaled_logits(logits, cfg), dim=-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+def temperature_from_probs(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The seed notebook's form: probs ** (1/T), renormalised. Equals softmax(logits / T)."""
+    p = probs.double() ** (1.0 / temperature)
+    return (p / p.sum(dim=-1, keepdim=True)).to(probs.dtype)

@@ -1,0 +1,320 @@
+"""Training: a `Run` (model, optimizer, data, progress) and `train()`, a generator of events.
+
+The trainer knows nothing about the CLI or the page: it yields small dataclass events
+(Start, Step, Eval, Sample, Done); the CLI prints them, the app draws them, tests collect them.
+Calling `train()` again on the same Run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import torch
+
+from . import __version__
+from .data import Splits, get_batch
+from .device import Precision, pick_device, pick_precision
+from .evaluate import estimate_loss, full_val_loss
+from .generate import generate
+from .limits import Limits, check_float, check_int
+from .model import GPTConfig, build_model, decay_split
+from .sampling import SamplingConfig
+
+STOP_REASONS = ("max_iters", "max_seconds", "target", "stopped", "diverged")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16              # sequences per step; small batches learn more per token early on
+    lr: float = 3e-3                  # peak learning rate: high, for short runs of small models
+    min_lr: float = 3e-4              # the cosine decay ends here
+    warmup_iters: int = 50            # linear warmup from ~0 to lr
+    max_iters: int = 2500             # steps in this call of train()
+    max_seconds: float | None = None  # wall-clock budget; the schedule then follows time, not steps
+    target_val_loss: float | None = None  # stop once the full validation loss reaches this
+    weight_decay: float = 0.1         # on matrices and embeddings only
+    beta2: float = 0.99               # AdamW's second-moment decay; 0.99 suits small batches
+    grad_clip: float = 1.0            # clip the global gradient norm (0 = off)
+    eval_interval: int = 250          # steps between loss estimates
+    eval_iters: int = 10              # batches per estimate (fixed batches, so estimates compare)
+    sample_every: int = 2             # generate a sample every this many evals (0 = never)
+    sample_tokens: int = 200
+    seed: int = 1337
+    device: str = "auto"              # auto | cpu | cuda | mps
+    dtype: str = "auto"               # auto | float32 | bfloat16
+
+    def validate(self, limits: Limits | None = None) -> "TrainConfig":
+        """Raise ValueError naming the field for a value out of range."""
+        limits = limits or Limits.from_env()
+        self.batch_size = check_int("batch_size", self.batch_size, 1, limits.max_batch)
+        self.lr = check_float("lr", self.lr, 0.0, 1.0, lo_open=True)
+        self.min_lr = check_float("min_lr", self.min_lr, 0.0, self.lr)
+        self.warmup_iters = check_int("warmup_iters", self.warmup_iters, 0, limits.max_iters)
+        self.max_iters = check_int("max_iters", self.max_iters, 1, limits.max_iters)
+        if self.max_seconds is not None:
+            self.max_seconds = check_float("max_seconds", self.max_seconds, 0.0, limits.max_train_seconds,
+                                           lo_open=True)
+        if self.target_val_loss is not None:
+            self.target_val_loss = check_float("target_val_loss", self.target_val_loss, 0.0, 100.0, lo_open=True)
+        self.weight_decay = check_float("weight_decay", self.weight_decay, 0.0, 10.0)
+        self.beta2 = check_float("beta2", self.beta2, 0.0, 1.0, hi_open=True)
+        self.grad_clip = check_float("grad_clip", self.grad_clip, 0.0, 1e6)
+        self.eval_interval = check_int("eval_interval", self.eval_interval, 1, limits.max_iters)
+        self.eval_iters = check_int("eval_iters", self.eval_iters, 1, 1000)
+        self.sample_every = check_int("sample_every", self.sample_every, 0, 1000)
+        self.sample_tokens = check_int("sample_tokens", self.sample_tokens, 1, limits.max_new_tokens)
+        self.seed = check_int("seed", self.seed, 0, 2**63 - 1)
+        return self
+
+
+# ---- events -------------------------------------------------------------------------------------
+
+@dataclass
+class Start:
+    device: str
+    dtype: str
+    params: int
+    train_tokens: int
+    val_tokens: int
+    max_iters: int
+    max_seconds: float | None
+    start_iter: int
+
+
+@dataclass
+class Step:
+    iter: int              # steps done in the whole run so far
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    elapsed: float         # seconds in this call of train()
+    eta: float             # seconds left in this call (estimate)
+    progress: float        # 0..1 of this call's budget
+
+
+@dataclass
+class Eval:
+    iter: int
+    train_loss: float
+    val_loss: float
+    elapsed: float
+
+
+@dataclass
+class Sample:
+    iter: int
+    text: str
+
+
+@dataclass
+class Done:
+    reason: str            # one of STOP_REASONS
+    iters: int             # steps in the whole run
+    seconds: float         # training seconds in the whole run
+    tokens_per_s: float    # average over this call
+    best_val_loss: float | None
+    final_val_loss: float | None   # the full-validation protocol, when there is a validation split
+    message: str = ""
+
+
+def event_dict(event) -> dict:
+    """JSON-ready form of an event, with its kind."""
+    return {"event": type(event).__name__.lower(), **asdict(event)}
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+def lr_at(cfg: TrainConfig, progress: float, step: int, warmup: bool = True) -> float:
+    """Linear warmup over warmup_iters steps, then cosine from lr to min_lr as progress goes 0 → 1."""
+    if warmup and step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
+    progress = min(max(progress, 0.0), 1.0)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model, cfg: TrainConfig, device: str) -> torch.optim.Optimizer:
+    decay, no_decay = decay_split(model)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.split(":")[0] in ("cpu", "cuda") else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), **extra)
+
+
+@dataclass
+class Run:
+    """Everything a training session carries between calls of train(): Stop keeps it, Continue reuses it."""
+    model: torch.nn.Module
+    tokenizer: object
+    splits: Splits
+    precision: Precision
+    optimizer: torch.optim.Optimizer | None = None
+    iters: int = 0
+    seconds: float = 0.0
+    best_val_loss: float | None = None
+    final_val_loss: float | None = None
+    data_name: str = "text"
+    history: list = field(default_factory=list)  # Eval events of the whole run, for plots
+    last_train_config: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, model_config: GPTConfig, tokenizer, splits: Splits, device: str = "auto",
+               dtype: str = "auto", seed: int = 1337, data_name: str = "text") -> "Run":
+        """A fresh model on the chosen device, initialised from `seed`."""
+        device = pick_device(device)
+        torch.manual_seed(seed)  # init only; batches use their own generator
+        model = build_model(model_config).to(device)
+        precision = pick_precision(device, dtype, model_config.n_embd if model_config.model == "gpt" else None)
+        return cls(model=model, tokenizer=tokenizer, splits=splits, precision=precision, data_name=data_name)
+
+    def run_card(self) -> dict:
+        """What a run needs to be repeated, and what it reached (stored in the checkpoint)."""
+        return {
+            "data": self.data_name,
+            "tokenizer": self.tokenizer.kind,
+            "config": self.model.config.to_dict(),
+            "train_config": self.last_train_config,
+            "seed": self.last_train_config.get("seed"),
+            "iters": self.iters,
+            "seconds": round(self.seconds, 2),
+            "val_loss": self.final_val_loss,
+            "best_val_loss_estimate": self.best_val_loss,
+            "device": self.precision.device,
+            "dtype": self.precision.dtype,
+            "torch_version": torch.__version__,
+            "minigpt_version": __version__,
+            "machine": platform.machine(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def _eval_batches(splits: Splits, cfg: TrainConfig, block: int, device) -> dict:
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    bs = max(cfg.batch_size, 32)
+    out = {}
+    for name, data in (("train", splits.train), ("val", splits.val)):
+        if len(data) > block + 1:
+            out[name] = [get_batch(data, bs, block, g, device) for _ in range(cfg.eval_iters)]
+    return out
+
+
+def _snapshot(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limits: Limits | None = None):
+    """Train `run` under `cfg`, yielding Start, Step (every step), Eval, Sample and finally Done.
+
+    Ends on max_iters, max_seconds, target (full-val loss ≤ target_val_loss), a stop request
+    (checked every step), or a non-finite loss (diverged: the last good weights are restored).
+    """
+    cfg.validate(limits)
+    run.last_train_config = asdict(cfg)
+    model, precision = run.model, run.precision
+    block = model.config.block_size
+    device = precision.device
+    if run.optimizer is None:
+        run.optimizer = make_optimizer(model, cfg, device)
+    opt = run.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(cfg.seed + run.iters)  # a continued run draws new batches
+    evals = _eval_batches(run.splits, cfg, block, device)
+    good = _snapshot(model)
+    sync_every = 1 if device.split(":")[0] == "cpu" else 10  # reading the loss is a host sync on GPUs
+    warmup = run.iters == 0  # a continued run's optimizer is already warmed up
+    tokens_per_step = cfg.batch_size * block
+    yield Start(device=device, dtype=precision.dtype, params=model.num_params(),
+                train_tokens=len(run.splits.train), val_tokens=len(run.splits.val),
+                max_iters=cfg.max_iters, max_seconds=cfg.max_seconds, start_iter=run.iters)
+
+    model.train()
+    t0 = time.perf_counter()
+    last_t, last_it = t0, 0
+    reason, message, n_evals = "max_iters", "", 0
+    it = 0
+    for it in range(cfg.max_iters):
+        now = time.perf_counter()
+        elapsed = now - t0
+        if stop is not None and stop.is_set():
+            reason = "stopped"
+            break
+        if cfg.max_seconds is not None and elapsed >= cfg.max_seconds:
+            reason = "max_seconds"
+            break
+        progress = it / cfg.max_iters
+        if cfg.max_seconds is not None:
+            progress = max(progress, elapsed / cfg.max_seconds)
+        lr = lr_at(cfg, progress, it, warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+        x, y = get_batch(run.splits.train, cfg.batch_size, block, gen, device)
+        with precision.autocast():
+            _, loss = model(x, y)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        check = (it + 1) % sync_every == 0
+        if check and not (math.isfinite(loss.item()) and math.isfinite(float(norm))):
+            opt.zero_grad(set_to_none=True)
+            model.load_state_dict(good)
+            reason = "diverged"
+            message = (f"the loss became {loss.item()} at step {run.iters + 1}: training stopped and the last "
+                       f"good weights were restored (try a lower learning rate)")
+            break
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        run.iters += 1
+
+        if check:
+            now = time.perf_counter()
+            elapsed = now - t0
+            tps = (it + 1 - last_it) * tokens_per_step / max(now - last_t, 1e-9)
+            last_t, last_it = now, it + 1
+            per_step = elapsed / (it + 1)
+            left = (cfg.max_iters - it - 1) * per_step
+            if cfg.max_seconds is not None:
+                left = min(left, max(cfg.max_seconds - elapsed, 0.0))
+            yield Step(iter=run.iters, loss=loss.item(), lr=lr, grad_norm=float(norm), tokens_per_s=tps,
+                       elapsed=elapsed, eta=left, progress=min(1.0, max(progress, (it + 1) / cfg.max_iters)))
+
+        if (it + 1) % cfg.eval_interval == 0 and "val" in evals:
+            ev = Eval(iter=run.iters, train_loss=estimate_loss(model, evals["train"], precision),
+                      val_loss=estimate_loss(model, evals["val"], precision), elapsed=time.perf_counter() - t0)
+            if not math.isfinite(ev.val_loss):
+                model.load_state_dict(good)
+                reason, message = "diverged", "the validation loss is not finite; last good weights restored"
+                break
+            good = _snapshot(model)
+            run.history.append(ev)
+            run.best_val_loss = ev.val_loss if run.best_val_loss is None else min(run.best_val_loss, ev.val_loss)
+            n_evals += 1
+            yield ev
+            if cfg.sample_every and n_evals % cfg.sample_every == 0:
+                yield Sample(iter=run.iters, text=sample_text(run, cfg.sample_tokens, seed=cfg.seed + run.iters))
+            if cfg.target_val_loss is not None and ev.val_loss <= cfg.target_val_loss:
+                # The estimate is noisy: confirm with the full protocol before stopping.
+                run.final_val_loss = full_val_loss(model, run.splits.val, block)
+                if run.final_val_loss <= cfg.target_val_loss:
+                    reason = "target"
+                    break
+            # Evals and samples are not training time: keep them out of the throughput figure.
+            last_t = time.perf_counter()
+
+    train_seconds = time.perf_counter() - t0
+    run.seconds += train_seconds
+    steps_done = it + 1 if reason in ("max_iters", "target") else it
+    if reason != "target":
+        run.final_val_loss = full_val_loss(model, run.splits.val, block) if len(run.splits.val) > block + 1 else None
+    yield Done(reason=reason, iters=run.iters, seconds=run.seconds,
+               tokens_per_s=steps_done * tokens_per_step / max(train_seconds, 1e-9),
+               best_val_loss=run.best_val_loss, final_val_loss=run.final_val_loss, message=message)
+
+
+def sample_text(run: Run, tokens: int, seed: int = 0, prompt: str = "") -> str:
+    """A short sample at temperature 0.8, to watch the model learn."""
+    steps = generate(run.model, run.tokenizer, prompt, tokens, SamplingConfig("temperature", 0.8), seed=seed)
+    return prompt + "".join(s.text for s in steps)
