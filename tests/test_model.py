@@ -1,0 +1,100 @@
+"""The model: attention paths agree with each other and with SDPA, causality, config checks, init."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minigpt.model import GPT, Bigram, GPTConfig, build_model, estimate_params
+
+
+def test_explicit_attention_equals_fused_path(tiny_gpt):
+    tiny_gpt.eval()
+    x = torch.randint(0, 40, (3, 16))
+    fused = tiny_gpt(x)[0]
+    tiny_gpt.set_explicit_attention(True)
+    explicit = tiny_gpt(x)[0]
+    assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+def test_attention_weights_match_reference_sdpa(tiny_gpt):
+    """The returned weights, applied to v, give exactly what F.scaled_dot_product_attention gives."""
+    tiny_gpt.eval()
+    attn = tiny_gpt.transformer.h[0].attn
+    x = torch.randn(2, 10, 32)
+    B, T, C = x.shape
+    q, k, v = attn.c_attn(x).split(C, dim=2)
+    q, k, v = (t.view(B, T, 2, C // 2).transpose(1, 2) for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    _, att = attn(x, return_attn=True)
+    assert torch.allclose(att @ v, ref, atol=1e-5)
+    # Rows are distributions and the upper triangle (the future) gets exactly zero weight.
+    assert torch.allclose(att.sum(-1), torch.ones(B, 2, T), atol=1e-6)
+    assert (att.triu(1) == 0).all()
+
+
+def test_return_attn_gives_one_map_per_layer(tiny_gpt):
+    logits, loss, atts = tiny_gpt(torch.randint(0, 40, (1, 7)), return_attn=True)
+    assert len(atts) == 2 and atts[0].shape == (1, 2, 7, 7)
+    assert loss is None and logits.shape == (1, 7, 40)
+
+
+def test_changing_a_future_token_never_changes_earlier_logits(tiny_gpt):
+    tiny_gpt.eval()
+    x = torch.randint(0, 40, (1, 16))
+    y = x.clone()
+    y[0, 9] = (y[0, 9] + 1) % 40
+    a, b = tiny_gpt(x)[0], tiny_gpt(y)[0]
+    assert torch.allclose(a[0, :9], b[0, :9], atol=1e-6)
+    assert not torch.allclose(a[0, 9:], b[0, 9:])
+
+
+def test_untrained_loss_is_near_log_vocab(tiny_gpt):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 40, (8, 16), generator=g), torch.randint(0, 40, (8, 16), generator=g)
+    _, loss = tiny_gpt(x, y)
+    assert abs(loss.item() - math.log(40)) < 0.1
+
+
+def test_lm_head_is_tied_and_params_counted_once(tiny_gpt):
+    assert tiny_gpt.lm_head.weight is tiny_gpt.transformer.wte.weight
+    assert tiny_gpt.num_params() == estimate_params(tiny_gpt.config)
+
+
+def test_residual_projections_use_scaled_init():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=50, n_layer=8, n_embd=256, n_head=4))
+    std = m.transformer.h[0].attn.c_proj.weight.std().item()
+    assert abs(std - 0.02 / math.sqrt(16)) < 0.001
+    assert abs(m.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 0.001
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("n_head", 3, "divisible"), ("n_embd", 0, "n_embd"), ("n_layer", -1, "n_layer"),
+    ("dropout", 1.0, "dropout"), ("dropout", -0.1, "dropout"), ("block_size", 0, "block_size"),
+    ("vocab_size", 0, "vocab_size"), ("model", "rnn", "model"),
+])
+def test_bad_config_raises_naming_the_field(field, value, words):
+    cfg = GPTConfig(**{field: value})
+    with pytest.raises(ValueError, match=words):
+        cfg.validate()
+
+
+def test_limits_refuse_a_huge_model():
+    from minigpt.limits import Limits
+    with pytest.raises(ValueError, match="parameters"):
+        GPTConfig(n_layer=24, n_embd=1536, n_head=12).validate(Limits(max_params=1_000_000))
+
+
+def test_bigram_is_a_lookup_table():
+    m = build_model(GPTConfig(vocab_size=10, model="bigram"))
+    assert isinstance(m, Bigram) and m.num_params() == 100
+    logits, _ = m(torch.tensor([[3, 3]]))
+    assert torch.equal(logits[0, 0], logits[0, 1])
+    assert torch.equal(logits[0, 0], m.token_logits.weight[3])
+
+
+def test_sequence_longer_than_context_is_refused(tiny_gpt):
+    with pytest.raises(ValueError, match="context"):
+        tiny_gpt(torch.zeros(1, 17, dtype=torch.long))
