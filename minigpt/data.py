@@ -33,6 +33,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a checkpoint is an ordinary readable file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
