@@ -226,6 +226,6 @@ def load_checkpoint(path, device: str = "cpu", limits: Limits | None = None) -> 
             if name.startswith("optimizer."):
                 _, idx, key = name.split(".")
                 state.setdefault(int(idx), {})[key] = t
-        optimizer_state = {"state": state, "param_groups": opt_meta.get("param_groups", [])}
+        optimizer_state = {"state": dict(sorted(state.items())), "param_groups": opt_meta.get("param_groups", [])}
     return Checkpoint(model=model.to(device), tokenizer=tokenizer, config=config, training=training,
                       optimizer_state=optimizer_state, path=os.fspath(path))
