@@ -61,6 +61,8 @@ def add_train(sub):
     p.add_argument("--fp32", action="store_true", help="force float32 (same as --dtype float32)")
     p.add_argument("--out", default="runs/model.safetensors", help="checkpoint to write")
     p.add_argument("--resume", default=None, help="continue training from this checkpoint")
+    p.add_argument("--weights-only", action="store_true",
+                   help="save without the optimizer state (a third of the size; --resume then restarts AdamW)")
     p.add_argument("--log-json", action="store_true", help="one JSON object per event; a summary last")
     p.add_argument("--log-interval", type=int, default=10, help="steps between progress lines / step events")
     p.set_defaults(func=run_train)
@@ -151,7 +153,8 @@ def run_train(args) -> int:
                 done = ev
     except KeyboardInterrupt:
         print("interrupted: saving the model trained so far", file=sys.stderr)
-    path = save_checkpoint(args.out, run.model, run.tokenizer, run.run_card(), run.optimizer)
+    path = save_checkpoint(args.out, run.model, run.tokenizer, run.run_card(),
+                           None if args.weights_only else run.optimizer)
     summary = {"val_loss": run.final_val_loss, "iters": run.iters,
                "train_seconds": round(run.seconds, 2),
                "tokens_per_s": round(done.tokens_per_s) if done else None,
