@@ -35,15 +35,20 @@ def add_train(sub):
     p = sub.add_parser("train", help="train a model and save a .safetensors checkpoint",
                        description="Train a GPT (or the bigram baseline) on Tiny Shakespeare or your own text. "
                                    "Example: python -m minigpt train --out runs/shakespeare.safetensors")
-    p.add_argument("--data", default="shakespeare", help="'shakespeare' or the path of a UTF-8 text file")
-    p.add_argument("--tokenizer", default="char", choices=["char", "gpt2"], help="char or GPT-2 BPE (default char)")
+    p.add_argument("--data", default="shakespeare",
+                   help="'shakespeare', the path of a UTF-8 text file, or a folder written by `prepare`")
+    p.add_argument("--tokenizer", default="char", choices=["char", "gpt2"],
+                   help="char or GPT-2 BPE (default char; a prepared folder brings its own)")
     p.add_argument("--model", default=m.model, choices=["gpt", "bigram"], help="gpt or the bigram baseline")
     p.add_argument("--n-layer", type=int, default=m.n_layer, help=f"transformer blocks (default {m.n_layer})")
     p.add_argument("--n-head", type=int, default=m.n_head, help=f"attention heads (default {m.n_head})")
     p.add_argument("--n-embd", type=int, default=m.n_embd, help=f"embedding width (default {m.n_embd})")
     p.add_argument("--block-size", type=int, default=m.block_size, help=f"context length (default {m.block_size})")
     p.add_argument("--dropout", type=float, default=m.dropout, help=f"dropout (default {m.dropout})")
-    p.add_argument("--batch-size", type=int, default=t.batch_size, help=f"batch size (default {t.batch_size})")
+    p.add_argument("--batch-size", type=int, default=t.batch_size,
+                   help=f"sequences per step, over all processes and micro-steps (default {t.batch_size})")
+    p.add_argument("--grad-accum", type=int, default=t.grad_accum,
+                   help="micro-steps per step: the same batch in smaller pieces, for less memory (default 1)")
     p.add_argument("--lr", type=float, default=t.lr, help=f"peak learning rate (default {t.lr})")
     p.add_argument("--min-lr", type=float, default=t.min_lr, help=f"final learning rate (default {t.min_lr})")
     p.add_argument("--warmup-iters", type=int, default=t.warmup_iters, help="warmup steps")
@@ -75,21 +80,42 @@ def _splits(text: str, tokenizer):
     return split_ids(torch.tensor(tokenizer.encode(text), dtype=torch.long))
 
 
+def _data(source: str, kind: str, tokenizer=None):
+    """(tokenizer, splits) of `source`: a prepared folder (memmaps and its own tokenizer, which a given
+    `tokenizer` must equal), else a text tokenized in memory (by `tokenizer`, or a new one of `kind`)."""
+    from pathlib import Path
+
+    from .data import DataError, load_text
+    from .prepare import is_prepared, load_prepared
+    from .tokenizers import build_tokenizer
+
+    if is_prepared(source):
+        prepared, splits, _ = load_prepared(source)
+        if tokenizer is not None and tokenizer.to_dict() != prepared.to_dict():
+            raise UserError(f"{source} was prepared with another tokenizer than the checkpoint's "
+                            f"({prepared.kind}, {prepared.vocab_size} tokens vs {tokenizer.kind}, "
+                            f"{tokenizer.vocab_size}): evaluate or resume on the data it was trained on")
+        return prepared, splits
+    if Path(source).expanduser().is_dir():
+        raise DataError(f"{source} is a folder without a meta.json: prepare it first "
+                        f"(python -m minigpt prepare --data {source} --out DIR, then --data DIR)")
+    text = load_text(source)
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(kind, text)
+    return tokenizer, _splits(text, tokenizer)
+
+
 def build_run(args, limits: Limits):
     """The Run `train` works on: fresh from the flags, or resumed from a checkpoint."""
     from .checkpoint import load_checkpoint
-    from .data import load_text
     from .device import pick_device, pick_precision
     from .model import GPTConfig
-    from .tokenizers import build_tokenizer
     from .train import Run, make_optimizer
 
-    text = load_text(args.data)
     name = args.data if args.data == "shakespeare" else str(args.data)
     dtype = "float32" if args.fp32 else args.dtype
     if args.resume:
         ck = load_checkpoint(args.resume)
-        splits = _splits(text, ck.tokenizer)
+        _, splits = _data(args.data, ck.tokenizer.kind, ck.tokenizer)
         device = pick_device(args.device)
         run = Run(model=ck.model.to(device), tokenizer=ck.tokenizer, splits=splits,
                   precision=pick_precision(device, dtype, ck.config.n_embd), data_name=name,
@@ -102,20 +128,28 @@ def build_run(args, limits: Limits):
             except (ValueError, KeyError) as e:
                 raise UserError(f"the optimizer state in {args.resume} does not fit its model: {e}") from None
         return run
-    tokenizer = build_tokenizer(args.tokenizer, text)
+    tokenizer, splits = _data(args.data, args.tokenizer)
     cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                     n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, model=args.model)
     cfg.validate(limits)
-    return Run.create(cfg, tokenizer, _splits(text, tokenizer), device=args.device, dtype=dtype,
-                      seed=args.seed, data_name=name)
+    return Run.create(cfg, tokenizer, splits, device=args.device, dtype=dtype, seed=args.seed, data_name=name)
 
 
 def run_train(args) -> int:
+    """`train` in this process, or under torchrun this process's part of a DDP job (minigpt/distributed.py)."""
+    from .distributed import process_group
+    with process_group(args.device) as team:
+        return _train(args, team)
+
+
+def _train(args, team) -> int:
     from .checkpoint import save_checkpoint
     from .train import Done, Eval, Sample, Start, Step, TrainConfig, event_dict, train
 
     limits = Limits.from_env()
-    cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, min_lr=min(args.min_lr, args.lr),
+    if team is not None:
+        args.device = team.device  # cuda:<local rank>, or cpu
+    cfg = TrainConfig(batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, min_lr=min(args.min_lr, args.lr),
                       warmup_iters=args.warmup_iters, max_iters=args.max_iters, max_seconds=args.max_seconds,
                       target_val_loss=args.target_val_loss, eval_interval=args.eval_interval,
                       eval_iters=args.eval_iters, seed=args.seed, device=args.device,
@@ -124,17 +158,22 @@ def run_train(args) -> int:
     if args.log_interval < 1:
         raise UserError("--log-interval must be >= 1")
     run = build_run(args, limits)
-    stop = threading.Event()
+    stop = team.stop if team is not None else threading.Event()
+    if team is not None and not team.is_main:  # rank 0 logs, evaluates and saves; the others train
+        for _ in train(run, cfg, stop, limits, team):
+            pass
+        return 0
     last_val, last_print = None, 0.0
     done = None
     out = sys.stdout
     try:
-        for ev in train(run, cfg, stop, limits):
+        for ev in train(run, cfg, stop, limits, team):
             if args.log_json:
                 if not isinstance(ev, Step) or ev.iter % args.log_interval == 0:
                     print(json.dumps(event_dict(ev)), file=out, flush=True)
             elif isinstance(ev, Start):
-                print(f"device {ev.device} ({ev.dtype}) | {ev.params:,} parameters | "
+                procs = f" × {team.world_size} processes" if team is not None else ""
+                print(f"device {ev.device} ({ev.dtype}){procs} | {ev.params:,} parameters | "
                       f"{ev.train_tokens:,} train / {ev.val_tokens:,} val tokens", file=out, flush=True)
             elif isinstance(ev, Step):
                 now = time.monotonic()
@@ -219,23 +258,24 @@ def run_sample(args) -> int:
 def add_eval(sub):
     p = sub.add_parser("eval", help="full-validation loss of a checkpoint (last line: JSON)")
     p.add_argument("checkpoint")
-    p.add_argument("--data", default="shakespeare", help="'shakespeare' or a text file path")
+    p.add_argument("--data", default="shakespeare",
+                   help="'shakespeare', a text file path, or a prepared folder (its first 1M validation tokens)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run_eval)
 
 
 def run_eval(args) -> int:
-    import torch
-
     from .checkpoint import load_checkpoint
-    from .data import load_text
+    from .data import val_tensor
     from .device import pick_device
-    from .evaluate import full_val_loss, val_split
+    from .evaluate import full_val_loss
 
     ck = load_checkpoint(args.checkpoint, device=pick_device(args.device))
-    ids = torch.tensor(ck.tokenizer.encode(load_text(args.data)), dtype=torch.long)
-    loss = full_val_loss(ck.model, val_split(ids), ck.config.block_size)
-    print(f"full validation loss of {args.checkpoint} on {args.data}: {loss:.4f}")
+    _, splits = _data(args.data, ck.tokenizer.kind, ck.tokenizer)
+    val = val_tensor(splits.val)
+    loss = full_val_loss(ck.model, val, ck.config.block_size)
+    part = f" (its first {len(val):,} of {len(splits.val):,} validation tokens)" if len(val) < len(splits.val) else ""
+    print(f"full validation loss of {args.checkpoint} on {args.data}{part}: {loss:.4f}")
     print(json.dumps({"val_loss": round(loss, 4)}))
     return 0
 

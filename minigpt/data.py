@@ -9,6 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -16,6 +17,7 @@ SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2d
 GPT2_RANKS_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 TRAIN_FRACTION = 0.9  # first 90% trains, last 10% validates (as in the lecture)
+MEMMAP_VAL_TOKENS = 1 << 20  # the end-of-run full validation reads at most this many tokens of a memmap
 
 
 class DataError(ValueError):
@@ -98,9 +100,18 @@ def load_text(source: str, max_bytes: int | None = None) -> str:
 
 @dataclass
 class Splits:
-    """Token ids of the training and validation parts (1-D int64 tensors)."""
-    train: torch.Tensor
-    val: torch.Tensor
+    """Token ids of the training and validation parts: 1-D int64 tensors, or numpy memmaps of a
+    prepared data folder (minigpt/prepare.py), read window by window so memory stays flat."""
+    train: torch.Tensor | np.ndarray
+    val: torch.Tensor | np.ndarray
+
+
+def val_tensor(val: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The validation ids as a tensor for the full-validation protocol; of a memmap, only the first
+    MEMMAP_VAL_TOKENS, so the end-of-run evaluation stays bounded on a huge validation split."""
+    if isinstance(val, torch.Tensor):
+        return val
+    return torch.from_numpy(np.asarray(val[:MEMMAP_VAL_TOKENS], dtype=np.int64))
 
 
 def split_ids(ids, fraction: float = TRAIN_FRACTION) -> Splits:
@@ -109,15 +120,20 @@ def split_ids(ids, fraction: float = TRAIN_FRACTION) -> Splits:
     return Splits(train=data[:n], val=data[n:])
 
 
-def get_batch(data: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator | None = None,
-              device="cpu"):
-    """Random windows: x = data[i:i+T], y = data[i+1:i+T+1], gathered in one indexing op."""
+def get_batch(data: torch.Tensor | np.ndarray, batch_size: int, block_size: int,
+              generator: torch.Generator | None = None, device="cpu"):
+    """Random windows: x = data[i:i+T], y = data[i+1:i+T+1], gathered in one indexing op.
+
+    A memmap gives the same windows as the tensor of the same ids (same draws), read from disk."""
     if len(data) <= block_size + 1:
         raise DataError(f"the text has {len(data)} tokens, too few for a context of {block_size}; "
                         f"use more text or a shorter context")
     ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
-    offsets = ix[:, None] + torch.arange(block_size + 1)
-    window = data[offsets]  # (B, T+1)
+    if isinstance(data, np.ndarray):
+        window = torch.from_numpy(data[ix.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64))
+    else:
+        offsets = ix[:, None] + torch.arange(block_size + 1)
+        window = data[offsets]  # (B, T+1)
     x, y = window[:, :-1], window[:, 1:]
     if str(device) != "cpu":
         x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)

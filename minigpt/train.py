@@ -7,6 +7,7 @@ Calling `train()` again on the same Run continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import threading
@@ -17,7 +18,7 @@ from datetime import datetime, timezone
 import torch
 
 from . import __version__
-from .data import Splits, get_batch
+from .data import Splits, get_batch, val_tensor
 from .device import Precision, pick_device, pick_precision
 from .evaluate import estimate_loss, full_val_loss
 from .generate import generate
@@ -31,6 +32,7 @@ STOP_REASONS = ("max_iters", "max_seconds", "target", "stopped", "diverged")
 @dataclass
 class TrainConfig:
     batch_size: int = 16              # sequences per step; small batches learn more per token early on
+    grad_accum: int = 1               # micro-steps per step (per process); batch_size stays the step's total
     lr: float = 3e-3                  # peak learning rate: high, for short runs of small models
     min_lr: float = 3e-4              # the cosine decay ends here
     warmup_iters: int = 50            # linear warmup from ~0 to lr
@@ -52,6 +54,7 @@ class TrainConfig:
         """Raise ValueError naming the field for a value out of range."""
         limits = limits or Limits.from_env()
         self.batch_size = check_int("batch_size", self.batch_size, 1, limits.max_batch)
+        self.grad_accum = check_int("grad_accum", self.grad_accum, 1, self.batch_size)
         self.lr = check_float("lr", self.lr, 0.0, 1.0, lo_open=True)
         self.min_lr = check_float("min_lr", self.min_lr, 0.0, self.lr)
         self.warmup_iters = check_int("warmup_iters", self.warmup_iters, 0, limits.max_iters)
@@ -206,14 +209,24 @@ def _snapshot(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limits: Limits | None = None):
+def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limits: Limits | None = None,
+          team=None):
     """Train `run` under `cfg`, yielding Start, Step (every step), Eval, Sample and finally Done.
 
     Ends on max_iters, max_seconds, target (full-val loss ≤ target_val_loss), a stop request
     (checked every step), or a non-finite loss (diverged: the last good weights are restored).
+    With a `team` (minigpt/distributed.py: this process's place in a torchrun job), each process
+    trains on its share of every batch through DDP; only rank 0 evaluates and samples, and the ranks
+    agree on every stop so they leave the loop together.
     """
     cfg.validate(limits)
     run.last_train_config = asdict(cfg)
+    world = team.world_size if team is not None else 1
+    main = team is None or team.is_main
+    micro_batch, rest = divmod(cfg.batch_size, cfg.grad_accum * world)
+    if rest or not micro_batch:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of grad_accum ({cfg.grad_accum}) "
+                         f"× processes ({world})")
     model, precision = run.model, run.precision
     block = model.config.block_size
     device = precision.device
@@ -221,8 +234,11 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
         run.optimizer = make_optimizer(model, cfg, device)
     opt = run.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(cfg.seed + run.iters)  # a continued run draws new batches
-    evals = _eval_batches(run.splits, cfg, block, device)
+    # A continued run draws new batches; each rank draws its own.
+    gen = torch.Generator().manual_seed(cfg.seed + run.iters + 1_000_003 * (team.rank if team else 0))
+    evals = _eval_batches(run.splits, cfg, block, device) if main else {}
+    has_val = len(run.splits.val) > block + 1
+    fwd = team.wrap(model) if team is not None else model  # DDP for forward/backward; `model` is what we save
     good = _snapshot(model)
     sync_every = 1 if device.split(":")[0] == "cpu" else 10  # reading the loss is a host sync on GPUs
     warmup = run.iters == 0  # a continued run's optimizer is already warmed up
@@ -239,7 +255,10 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
     for it in range(cfg.max_iters):
         now = time.perf_counter()
         elapsed = now - t0
-        if stop is not None and stop.is_set():
+        requested = stop is not None and stop.is_set()
+        if team is not None:  # every rank follows rank 0's clock and any rank's stop request
+            elapsed, requested = team.agree_clock(it, elapsed, requested, every=sync_every)
+        if requested:
             reason = "stopped"
             break
         if cfg.max_seconds is not None and elapsed >= cfg.max_seconds:
@@ -252,13 +271,23 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
         for group in opt.param_groups:
             group["lr"] = lr
 
-        x, y = get_batch(run.splits.train, cfg.batch_size, block, gen, device)
-        with precision.autocast():
-            _, loss = model(x, y)
-        loss.backward()
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            x, y = get_batch(run.splits.train, micro_batch, block, gen, device)
+            # DDP averages the gradients across ranks on the last micro-step only.
+            skip_sync = fwd is not model and micro < cfg.grad_accum - 1
+            with fwd.no_sync() if skip_sync else contextlib.nullcontext():
+                with precision.autocast():
+                    _, loss = fwd(x, y)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        loss = loss_sum / cfg.grad_accum
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         check = (it + 1) % sync_every == 0
-        if check and not (math.isfinite(loss.item()) and math.isfinite(float(norm))):
+        bad = check and not (math.isfinite(loss.item()) and math.isfinite(float(norm)))
+        if check and team is not None:  # one rank's blow-up stops them all
+            bad = team.agree("diverged" if bad else None) == "diverged"
+        if bad:
             opt.zero_grad(set_to_none=True)
             model.load_state_dict(good)
             reason = "diverged"
@@ -281,26 +310,37 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
             yield Step(iter=run.iters, loss=loss.item(), lr=lr, grad_norm=float(norm), tokens_per_s=tps,
                        elapsed=elapsed, eta=left, progress=min(1.0, max(progress, (it + 1) / cfg.max_iters)))
 
-        if (it + 1) % cfg.eval_interval == 0 and "val" in evals:
-            ev = Eval(iter=run.iters, train_loss=estimate_loss(model, evals["train"], precision),
-                      val_loss=estimate_loss(model, evals["val"], precision), elapsed=time.perf_counter() - t0)
-            if not math.isfinite(ev.val_loss):
+        if (it + 1) % cfg.eval_interval == 0 and has_val:
+            verdict = None  # rank 0 evaluates; every rank acts on what it finds
+            if main:
+                ev = Eval(iter=run.iters, train_loss=estimate_loss(model, evals["train"], precision),
+                          val_loss=estimate_loss(model, evals["val"], precision), elapsed=time.perf_counter() - t0)
+                if not math.isfinite(ev.val_loss):
+                    verdict = "diverged"
+                else:
+                    run.history.append(ev)
+                    run.best_val_loss = ev.val_loss if run.best_val_loss is None else min(run.best_val_loss,
+                                                                                         ev.val_loss)
+                    n_evals += 1
+                    yield ev
+                    if cfg.sample_every and n_evals % cfg.sample_every == 0:
+                        yield Sample(iter=run.iters,
+                                     text=sample_text(run, cfg.sample_tokens, seed=cfg.seed + run.iters))
+                    if cfg.target_val_loss is not None and ev.val_loss <= cfg.target_val_loss:
+                        # The estimate is noisy: confirm with the full protocol before stopping.
+                        run.final_val_loss = full_val_loss(model, val_tensor(run.splits.val), block)
+                        if run.final_val_loss <= cfg.target_val_loss:
+                            verdict = "target"
+            if team is not None:
+                verdict = team.agree(verdict)
+            if verdict == "diverged":
                 model.load_state_dict(good)
                 reason, message = "diverged", "the validation loss is not finite; last good weights restored"
                 break
             good = _snapshot(model)
-            run.history.append(ev)
-            run.best_val_loss = ev.val_loss if run.best_val_loss is None else min(run.best_val_loss, ev.val_loss)
-            n_evals += 1
-            yield ev
-            if cfg.sample_every and n_evals % cfg.sample_every == 0:
-                yield Sample(iter=run.iters, text=sample_text(run, cfg.sample_tokens, seed=cfg.seed + run.iters))
-            if cfg.target_val_loss is not None and ev.val_loss <= cfg.target_val_loss:
-                # The estimate is noisy: confirm with the full protocol before stopping.
-                run.final_val_loss = full_val_loss(model, run.splits.val, block)
-                if run.final_val_loss <= cfg.target_val_loss:
-                    reason = "target"
-                    break
+            if verdict == "target":
+                reason = "target"
+                break
             # Evals and samples are not training time: keep them out of the throughput figure.
             last_t = time.perf_counter()
 
@@ -308,7 +348,7 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
     run.seconds += train_seconds
     steps_done = it + 1 if reason in ("max_iters", "target") else it
     if reason != "target":
-        run.final_val_loss = full_val_loss(model, run.splits.val, block) if len(run.splits.val) > block + 1 else None
+        run.final_val_loss = full_val_loss(model, val_tensor(run.splits.val), block) if main and has_val else None
     yield Done(reason=reason, iters=run.iters, seconds=run.seconds,
                tokens_per_s=steps_done * tokens_per_step / max(train_seconds, 1e-9),
                best_val_loss=run.best_val_loss, final_val_loss=run.final_val_loss, message=message)
