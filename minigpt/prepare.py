@@ -222,10 +222,10 @@ def _gpt2_pass2(tmp_path: Path, used: np.ndarray, out: SplitWriter, progress) ->
     lut[used] = np.arange(len(used), dtype=np.uint32)
     count = 0
     with open(tmp_path, "rb") as f:
-        while block := f.read(READ_BYTES):
-            out.write(lut[np.frombuffer(block, dtype=np.uint16)])
-            count += len(block) // 2
-            progress(len(block))
+        while len(gids := np.fromfile(f, dtype=np.uint16, count=max(READ_BYTES // 2, 1))):
+            out.write(lut[gids])
+            count += len(gids)
+            progress(2 * len(gids))
     return count
 
 
