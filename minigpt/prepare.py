@@ -36,7 +36,7 @@ from .tokenizers import GPT2_EOT, GPT2_VOCAB, BPETokenizer, CharTokenizer, token
 META = "meta.json"
 FORMAT = "minigpt-prepared"
 SEPARATORS = {"char": "\n", "gpt2": "<|endoftext|>"}  # between two files of a folder
-READ_BYTES = 4 << 20    # bytes read at a time
+READ_BYTES = 1 << 20    # bytes read at a time
 MAX_CHAR = 0x110000     # one past the last Unicode code point
 
 
