@@ -1,6 +1,7 @@
 """Prepared data: the streaming encoder round-trips, splits like the in-memory path, and trains the same."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,25 @@ def test_memmap_batches_equal_tensor_batches(tmp_path, small_text):
     x1, y1 = get_batch(splits.train, 8, 16, torch.Generator().manual_seed(3))
     x2, y2 = get_batch(ids, 8, 16, torch.Generator().manual_seed(3))
     assert x1.dtype == torch.long and torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def _rss_file_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_memmap_batches_do_not_keep_the_file_in_the_process(tmp_path):
+    path = tmp_path / "train.bin"
+    np.random.default_rng(0).integers(0, 65, 16 << 20, dtype=np.uint16).tofile(path)  # 32 MB
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    g = torch.Generator().manual_seed(0)
+    before = _rss_file_mb()
+    for _ in range(200):  # 3,200 windows: mapped once and kept, they would pull in most of the file
+        get_batch(data, 16, 256, g)
+    assert _rss_file_mb() - before < 8
 
 
 def test_training_from_the_memmap_matches_training_from_the_text(tmp_path, small_text):
