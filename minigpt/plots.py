@@ -325,6 +325,29 @@ def model_html(info: dict) -> str:
             f'({info["vocab_size"]:,} tokens){val} · {html.escape(info["device"])} ({html.escape(info["dtype"])}){busy}</div>')
 
 
+def model_markdown(info: dict) -> str:
+    """The Checkpoints tab's summary of the current model: config, size, device and its run card."""
+    c, t = info["config"], info["training"]
+    rows = [("source", info["source"]),
+            ("model", f"{c['model']}: {c['n_layer']} layers, {c['n_head']} heads, {c['n_embd']} wide, context "
+                      f"{c['block_size']}, dropout {c['dropout']}" if c["model"] == "gpt" else "bigram (a vocab × vocab table)"),
+            ("parameters", f"{info['params']:,}"),
+            ("tokenizer", f"{info['tokenizer']} ({info['vocab_size']:,} tokens)"),
+            ("device", f"{info['device']} ({info['dtype']})")]
+    if t:
+        val = t.get("val_loss")
+        tc = t.get("train_config") or {}
+        rows += [("trained", f"{t.get('iters', '?')} iterations in {t.get('seconds', '?')} s on {t.get('device', '?')} "
+                             f"({t.get('dtype', '?')}), data {t.get('data', '?')}"),
+                 ("settings", f"seed {t.get('seed')}, batch {tc.get('batch_size', '?')}, lr {tc.get('lr', '?')}"),
+                 ("full validation loss", f"**{val:.4f}**" if isinstance(val, (int, float)) else "n/a"),
+                 ("versions", f"torch {t.get('torch_version', '?')}, minigpt {t.get('minigpt_version', '?')}")]
+    if info.get("training_now"):
+        rows.append(("now", "**training** (Stop it before loading another model)"))
+    body = "\n".join(f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows)
+    return "| | |\n|---|---|\n" + body
+
+
 CSS = """
 .mg-status p, .mg-estimate { font-size: 1.05rem; margin: .3rem 0; }
 .mg-bar { height: 14px; background: #e4e4e7; border-radius: 7px; overflow: hidden; }
@@ -353,5 +376,6 @@ CSS = """
 .mg-chip-i { font-size: .72rem; color: #52525b; }
 .mg-tokbox h3 { margin: .6rem 0 .1rem 0; font-size: 1.1rem; }
 .mg-model { font-size: 1rem; padding: .4rem .7rem; border-radius: 8px; background: #f4f4f5; }
-.mg-header h1 { margin-bottom: .1rem; }
+.mg-header h2 { margin: 0 0 .2rem 0; }
+.mg-sub { font-size: 1rem; font-weight: 400; color: #52525b; margin-left: .5rem; }
 """

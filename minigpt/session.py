@@ -161,7 +161,7 @@ class Estimate:
 # ---- speed model for the estimate ---------------------------------------------------------------
 
 # Rough defaults for time per step = overhead + FLOPs / rate, refined by each finished run in this process.
-SPEED = {"cpu": (60e9, 3e-3, 1.5e-3), "cuda": (20e12, 8e-3, 1e-3), "mps": (2e12, 10e-3, 2e-3)}
+SPEED = {"cpu": (100e9, 3e-3, 1.5e-3), "cuda": (20e12, 8e-3, 1e-3), "mps": (2e12, 10e-3, 2e-3)}
 
 
 def train_flops_per_token(cfg: GPTConfig) -> float:
@@ -205,7 +205,7 @@ class Playground:
         self._last_sweep = time.monotonic()
         kind = self.device.split(":")[0]
         self.speed = dict(zip(("rate", "overhead", "per_layer"), SPEED.get(kind, SPEED["cpu"])))
-        self.speed["calibrated"] = False
+        self.speed.update(factor=1.0, calibrated=False)
 
     # -- shared read-only things --
 
@@ -334,18 +334,18 @@ class Playground:
                         iters=iters, seconds=seconds, notes=notes)
 
     def step_seconds(self, cfg: GPTConfig, batch_size: int) -> float:
+        """Predicted seconds per training step: fixed overheads plus FLOPs at a rate, times the calibration."""
         flops = train_flops_per_token(cfg) * batch_size * cfg.block_size
         layers = cfg.n_layer if cfg.model == "gpt" else 0
-        return self.speed["overhead"] + self.speed["per_layer"] * layers + flops / self.speed["rate"]
+        raw = self.speed["overhead"] + self.speed["per_layer"] * layers + flops / self.speed["rate"]
+        return raw * self.speed["factor"]
 
     def calibrate(self, cfg: GPTConfig, batch_size: int, measured_step: float):
-        """Fit the rate to a finished run (keeping the overhead terms), so the next estimate is closer."""
-        fixed = self.speed["overhead"] + self.speed["per_layer"] * (cfg.n_layer if cfg.model == "gpt" else 0)
-        work = measured_step - fixed
-        if work > 0.2 * measured_step:
-            flops = train_flops_per_token(cfg) * batch_size * cfg.block_size
-            self.speed["rate"] = flops / work
-            self.speed["calibrated"] = True
+        """Move the estimate halfway (in log scale) towards a finished run's measured step time, within 4×."""
+        predicted = self.step_seconds(cfg, batch_size) / self.speed["factor"]
+        ratio = min(4.0, max(0.25, measured_step / max(predicted, 1e-9)))
+        self.speed["factor"] = math.sqrt(self.speed["factor"] * ratio)
+        self.speed["calibrated"] = True
 
 
 # ---- one user's session -------------------------------------------------------------------------
@@ -364,7 +364,8 @@ class Session:
         self.run: Run | None = None
         self.owned: ModelRef | None = None    # None: the shipped model
         self.view = TrainView()
-        self.comparison: dict = {}            # column name -> {"ids", "prompt_len", ...} of the last comparison
+        self.comparison: dict = {}            # column name -> {"prompt_ids", "ids", ...} of the last comparison
+        self.last_columns: list = []          # the last comparison as drawn (for re-colouring)
         self.last_prompt = ""
         self.cache_speed: dict = {}           # "on"/"off" -> tokens/s measured by `generate`
         self.version = 0                      # bumped whenever the current model changes
@@ -474,10 +475,9 @@ class Session:
             view.card = run.run_card()
             if self.owned is not None and self.owned.model is run.model:
                 self.owned.card = view.card
-            done_steps = run.iters - view.start_iter
-            if done_steps > 20:
-                self.pg.calibrate(run.model.config, run.last_train_config["batch_size"],
-                                  max(view.elapsed, 1e-9) / max(done_steps, 1))
+            batch = run.last_train_config["batch_size"]
+            if run.iters - view.start_iter >= 50 and ev.tokens_per_s > 0:
+                self.pg.calibrate(run.model.config, batch, batch * run.model.config.block_size / ev.tokens_per_s)
 
     @staticmethod
     def _snapshot(view: TrainView, steps: Thinned) -> TrainView:
@@ -527,7 +527,7 @@ class Session:
         if self.training:
             self.stop()
         self.run, self.owned, self.view, self._old_steps = None, None, TrainView(), []
-        self.comparison = {}
+        self.comparison, self.last_columns = {}, []
         self.version += 1
 
     # -- checkpoints --
@@ -553,7 +553,7 @@ class Session:
         ck = load_checkpoint(p, device=self.pg.device, limits=self.pg.limits)
         ck.model.eval()
         self.owned = ModelRef(ck.model, ck.tokenizer, f"uploaded {p.name}", ck.training)
-        self.run, self.comparison, self.view, self._old_steps = None, {}, TrainView(), []
+        self.run, self.comparison, self.last_columns, self.view, self._old_steps = None, {}, [], TrainView(), []
         self.version += 1
         return self.info()
 
@@ -561,7 +561,8 @@ class Session:
         if self.training:
             raise ValueError("stop the training before loading another model")
         self.pg.shipped()
-        self.owned, self.run, self.comparison, self.view, self._old_steps = None, None, {}, TrainView(), []
+        self.owned, self.run, self.comparison, self.last_columns = None, None, {}, []
+        self.view, self._old_steps = TrainView(), []
         self.version += 1
         return self.info()
 
@@ -639,9 +640,10 @@ class Session:
             if live and now - last >= interval:
                 last = now
                 yield self._columns(cols, prompt)
+        self.last_columns = self._columns(cols, prompt)
         self.comparison = {c["name"]: {"prompt_ids": prompt_ids, "ids": list(c["ids"]), "sampling": c["sampling"],
                                        "version": self.version} for c in cols}
-        yield self._columns(cols, prompt)
+        yield self.last_columns
 
     @staticmethod
     def _columns(cols, prompt):
@@ -665,7 +667,7 @@ class Session:
         if name not in self.comparison:
             raise ValueError(f"no column {name!r} in the last comparison (have: {', '.join(self.comparison)})")
         col = self.comparison[name]
-        step = check_int("step", step, 1, len(col["ids"]))
+        step = min(check_int("step", step, 1, 1_000_000), len(col["ids"]))  # a longer run's step: its last
         ref = self.inference_model()
         model, tok = ref.model, ref.tokenizer
         context = (col["prompt_ids"] + col["ids"][:step - 1])[-model.config.block_size:]
@@ -692,17 +694,22 @@ class Session:
     # -- attention --
 
     @torch.no_grad()
-    def attention(self, text: str | None = None) -> dict:
-        """Attention weights of every layer and head for `text` (or the last prompt): tokens, (L, nh, T, T)."""
+    def attention(self, text: str | None = None, max_tokens: int = 96) -> dict:
+        """Attention weights of every layer and head for `text` (or the last prompt): tokens, (L, nh, T, T).
+
+        Long texts keep their last min(context, max_tokens) tokens: a bigger map is unreadable."""
         ref = self.inference_model()
         model, tok = ref.model, ref.tokenizer
         if not isinstance(model, GPT):
             raise ValueError("the bigram model has no attention: each token looks only at itself. Train or load a GPT")
         text = text if text and text.strip() else (self.last_prompt or "ROMEO:\nBut soft, what light")
         ids = tok.encode(text)
+        if not ids:
+            raise ValueError("enter some text to look at")
         block = model.config.block_size
-        cropped = len(ids) > block
-        ids = ids[-block:]
+        keep = min(block, max_tokens)
+        cropped = len(ids) > keep
+        ids = ids[-keep:]
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -712,6 +719,7 @@ class Session:
             model.train(was_training)
         weights = torch.stack([a[0] for a in atts]).float().cpu()  # (L, nh, T, T)
         return {"tokens": tok.pieces(ids), "weights": weights, "cropped": cropped, "block_size": block,
+                "shown_max": max_tokens,
                 "n_layer": model.config.n_layer, "n_head": model.config.n_head}
 
 

@@ -1,0 +1,263 @@
+"""The playground engine (minigpt/session.py): sessions, training, stop/continue/reset, sampling, attention."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from minigpt.checkpoint import CheckpointError, save_checkpoint
+from minigpt.data import DataError
+from minigpt.limits import Limits
+from minigpt.model import GPTConfig, build_model
+from minigpt.session import (Playground, Thinned, TrainSpec, read_text_file, repeat_fraction, sampling_columns,
+                             tokenize)
+from minigpt.tokenizers import CharTokenizer
+
+
+@pytest.fixture
+def shipped(tmp_path, small_text):
+    """A tiny stand-in for the shipped checkpoint, so these tests do not depend on checkpoints/."""
+    tok = CharTokenizer.from_text(small_text)
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    return save_checkpoint(tmp_path / "shipped.safetensors", model, tok, {"iters": 0, "val_loss": 3.0})
+
+
+@pytest.fixture
+def pg(shipped):
+    return Playground(Limits(), shipped_path=shipped, device="cpu")
+
+
+def tiny_spec(text, **kw):
+    base = dict(data="text", text=text, tokenizer="char", model="gpt", n_embd=16, n_head=2, n_layer=1, block_size=16,
+                batch_size=8, lr=3e-3, budget="iterations", amount=30, eval_interval=10, seed=1)
+    base.update(kw)
+    return TrainSpec(**base)
+
+
+def test_spec_refuses_impossible_shapes_with_a_clear_message():
+    limits = Limits()
+    with pytest.raises(ValueError, match="not divisible by 3 heads"):
+        TrainSpec(n_embd=64, n_head=3).model_config(65, limits)
+    with pytest.raises(ValueError, match="layers must be between"):
+        TrainSpec(n_layer=0).model_config(65, limits)
+    with pytest.raises(ValueError, match="over the limit"):
+        TrainSpec(n_embd=1536, n_head=16, n_layer=24).model_config(65, limits)
+    with pytest.raises(ValueError, match="seconds"):
+        TrainSpec(amount=limits.max_train_seconds + 1).train_config(limits)
+    assert TrainSpec(model="bigram", n_embd=50, n_head=3).model_config(65, limits).model == "bigram"
+    cfg = TrainSpec(budget="iterations", amount=200).train_config(limits)
+    assert cfg.max_iters == 200 and cfg.max_seconds == limits.max_train_seconds
+
+
+def test_estimate_reports_size_memory_and_time_or_the_error(pg, small_text):
+    est = pg.estimate(tiny_spec(small_text))
+    assert est.ok and est.params > 0 and est.memory_mb > 0 and est.step_ms > 0 and est.iters == 30
+    bad = pg.estimate(tiny_spec(small_text, n_embd=30, n_head=4))
+    assert not bad.ok and "divisible" in bad.error
+    empty = pg.estimate(tiny_spec("   "))
+    assert not empty.ok and "paste some text" in empty.error
+    bigram = pg.estimate(tiny_spec(small_text, model="bigram"))
+    assert bigram.params == bigram.vocab_size ** 2
+
+
+def test_thinned_keeps_few_points():
+    t = Thinned(cap=50)
+    for i in range(10_000):
+        t.add(i)
+    assert len(t.items) <= 51 and t.items[0] == 0 and t.items[-1] > 9000
+
+
+def test_sessions_are_separate_capped_and_swept(pg):
+    a, b = pg.session("a"), pg.session("b")
+    assert a is not b and pg.session("a") is a
+    small = Playground(Limits(), shipped_path=pg.shipped_path, max_sessions=3, idle_seconds=100, device="cpu")
+    for k in "abcde":
+        small.session(k)
+    assert len(small) == 3 and "e" in small and "a" not in small
+    assert small.sweep(now=time.monotonic() + 1000) == 3 and len(small) == 0
+    s = small.session("x")
+    assert small.drop("x") and s.stop_event.is_set() and not small.drop("x")
+
+
+def test_shipped_model_is_shared_and_read_only(pg):
+    a, b = pg.session("a").current(), pg.session("b").current()
+    assert a.model is b.model and a.shared
+    assert not any(p.requires_grad for p in a.model.parameters())
+
+
+def test_train_streams_views_and_the_model_becomes_current(pg, small_text):
+    s = pg.session("t")
+    views = list(s.train(tiny_spec(small_text), interval=0.0))
+    last = views[-1]
+    assert last.state == "done" and last.reason == "max_iters" and last.iter == 30
+    assert len(last.steps) >= 20 and len(last.evals) == 3 and last.sample
+    assert last.final_val_loss is not None and last.card["iters"] == 30 and last.card["seed"] == 1
+    assert s.info()["source"] == "trained in this session" and not s.training
+    assert s.current().model is s.run.model and not s.current().model.training
+
+
+def test_throttled_views(pg, small_text):
+    s = pg.session("t")
+    views = list(s.train(tiny_spec(small_text, amount=20), interval=1e9))
+    assert [v.state for v in views] == ["training", "done"]  # Start, then Done only
+
+
+def test_stop_halts_quickly_and_keeps_the_model_then_continue_resumes(pg, small_text):
+    s = pg.session("s")
+    views = []
+    runner = threading.Thread(target=lambda: views.extend(s.train(tiny_spec(small_text, budget="seconds", amount=60),
+                                                                  interval=0.05)))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not (views and views[-1].iter >= 5) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    final = s.stop()
+    assert time.monotonic() - t0 < 5
+    runner.join(5)
+    assert final.state == "done" and final.reason == "stopped" and final.iter >= 5
+    stopped_at = final.iter
+    assert s.info()["source"] == "trained in this session"
+    again = list(s.train(tiny_spec(small_text, amount=10), resume=True, interval=0.0))
+    assert again[-1].iter == stopped_at + 10
+    assert again[0].steps, "Continue keeps the curve so far"
+
+
+def test_closing_the_stream_early_still_finishes_the_run(pg, small_text):
+    s = pg.session("c")
+    stream = s.train(tiny_spec(small_text, budget="seconds", amount=60), interval=0.0)
+    next(stream)
+    next(stream)
+    stream.close()  # what Gradio's cancel does to the handler
+    assert not s.training and s.view.state == "done" and s.view.reason == "stopped"
+    assert s.run.final_val_loss is not None
+    list(s.train(tiny_spec(small_text, amount=5), interval=0.0))  # the lock was released
+
+
+def test_one_training_per_session(pg, small_text):
+    s = pg.session("one")
+    stream = s.train(tiny_spec(small_text, budget="seconds", amount=60))
+    next(stream)
+    with pytest.raises(ValueError, match="already training"):
+        next(s.train(tiny_spec(small_text)))
+    stream.close()
+
+
+def test_bad_training_input_leaves_the_model_alone(pg, small_text):
+    s = pg.session("bad")
+    list(s.train(tiny_spec(small_text, amount=5), interval=0.0))
+    model = s.current().model
+    with pytest.raises(DataError, match="too few"):
+        next(s.train(tiny_spec("abc" * 3, block_size=64)))
+    with pytest.raises(ValueError, match="divisible"):
+        next(s.train(tiny_spec(small_text, n_embd=30, n_head=4)))
+    assert s.current().model is model and not s.training
+
+
+def test_continue_from_the_shipped_model_fine_tunes_a_copy(pg, small_text):
+    s = pg.session("ft")
+    shipped = pg.shipped().model
+    before = {k: v.clone() for k, v in shipped.state_dict().items()}
+    views = list(s.train(tiny_spec(small_text, amount=5), resume=True, interval=0.0))
+    assert views[-1].iter == 5 and s.current().model is not shipped
+    assert all(torch.equal(before[k], v) for k, v in shipped.state_dict().items())
+
+
+def test_reset_goes_back_to_the_shipped_model(pg, small_text):
+    s = pg.session("r")
+    list(s.train(tiny_spec(small_text, amount=5), interval=0.0))
+    s.reset()
+    assert s.current().shared and s.run is None and s.view.state == "idle"
+
+
+def test_save_then_load_round_trip_and_bad_files_are_refused(pg, small_text, tmp_path):
+    s = pg.session("ck")
+    list(s.train(tiny_spec(small_text, amount=5), interval=0.0))
+    path = s.save(tmp_path)
+    assert path.suffix == ".safetensors"
+    other = pg.session("other")
+    info = other.load(path)
+    assert info["source"].startswith("uploaded") and info["training"]["iters"] == 5
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError):
+        other.load(bad)
+    assert other.info()["source"].startswith("uploaded")  # unchanged
+    assert other.load_shipped()["source"].startswith("shipped")
+
+
+def test_compare_is_repeatable_and_explains_each_step(pg):
+    s = pg.session("g")
+    cols = sampling_columns(top_k=5, top_p=0.9)
+    runs = [list(s.compare("First", 20, 7, cols)) for _ in range(2)]
+    final = runs[0][-1]
+    assert [c["text"] for c in final] == [c["text"] for c in runs[1][-1]]
+    assert len(final) == 6 and all(c["n"] == 20 and c["done"] for c in final)
+    assert all(c["perplexity"] > 1 for c in final)
+    info = s.next_token("greedy", 3)
+    assert info["chosen"] == info["ids"][0] and info["chosen_rank"] == 1  # greedy takes the top token
+    for probs in info["probs"].values():
+        assert all(0 <= p <= 1 for p in probs)
+    t_low, t_high = info["probs"][0.5], info["probs"][2.0]
+    assert t_low[0] >= info["probs"][1.0][0] >= t_high[0]  # low T sharpens, high T flattens
+    with pytest.raises(ValueError, match="no column"):
+        s.next_token("nope", 1)
+    with pytest.raises(ValueError):
+        list(s.compare("First", 10, 1, []))
+    with pytest.raises(ValueError, match="not in the model's vocabulary"):
+        list(s.compare("Ωmega", 10, 1, cols))
+
+
+def test_generate_records_cache_speeds(pg):
+    s = pg.session("kv")
+    from minigpt.sampling import SamplingConfig
+    outs = {c: list(s.generate("First", 30, SamplingConfig("greedy"), 1, use_cache=c))[-1] for c in (True, False)}
+    assert outs[True][0] == outs[False][0]  # the cache changes the speed, never the text
+    assert set(s.cache_speed) == {"on", "off"} and all(v > 0 for v in s.cache_speed.values())
+
+
+def test_attention_is_causal_and_rows_sum_to_one(pg):
+    s = pg.session("a")
+    a = s.attention("First Citizen")
+    w = a["weights"]
+    assert w.shape == (2, 2, 13, 13) and a["tokens"][0] == "F"
+    assert torch.allclose(w.sum(-1), torch.ones(2, 2, 13), atol=1e-5)
+    assert torch.all(torch.triu(w, diagonal=1) == 0)
+    long = s.attention("First Citizen " * 10)
+    assert long["cropped"] and len(long["tokens"]) == 16
+
+
+def test_attention_of_a_bigram_model_says_why_not(pg, small_text):
+    s = pg.session("b")
+    list(s.train(tiny_spec(small_text, model="bigram", amount=3), interval=0.0))
+    with pytest.raises(ValueError, match="bigram model has no attention"):
+        s.attention("First")
+
+
+def test_tokenize_shows_both_tokenizers():
+    r = tokenize("Hi é", "".join(sorted(set("abcdefghiH "))))
+    assert r["char"]["count"] == 4 and r["char"]["unknown"] == ["é"]
+    assert [i is None for _, i in r["char"]["tokens"]] == [False, False, False, True]
+    assert r["gpt2"]["vocab_size"] == 50257 and r["gpt2"]["count"] >= 2
+
+
+def test_repeat_fraction_and_columns():
+    assert repeat_fraction([1, 2, 3, 4] * 10) > 0.8
+    assert repeat_fraction(list(range(40))) == 0
+    names = [n for n, _ in sampling_columns(low_t=0.5, high_t=2.0, top_k=10, top_p=0.9)]
+    assert names == ["greedy", "multinomial (T = 1)", "temperature T = 0.5", "temperature T = 2", "top-k (k = 10)",
+                     "top-p (p = 0.9)"]
+
+
+def test_read_text_file_checks_uploads(tmp_path):
+    ok = tmp_path / "ok.txt"
+    ok.write_text("hello there\n", encoding="utf-8")
+    assert read_text_file(ok, Limits()) == "hello there\n"
+    binary = tmp_path / "x.txt"
+    binary.write_bytes(b"\x00\x01\x02")
+    with pytest.raises(DataError, match="binary"):
+        read_text_file(binary, Limits())
+    with pytest.raises(DataError, match="over the upload limit"):
+        read_text_file(ok, Limits(max_upload_mb=1e-6))
