@@ -30,7 +30,6 @@ import torch.distributed as dist
 from .train import STOP_REASONS
 
 
-
 @dataclass
 class Team:
     """This process's place in a torchrun job, and the collectives the trainer needs."""
