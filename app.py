@@ -182,7 +182,11 @@ def reset(request: gr.Request):
 def save(request: gr.Request):
     """The current model as a .safetensors checkpoint (weights, tokenizer, run card)."""
     s = session_of(request)
-    return gr.File(str(s.save(save_dir(s.key))), visible=True)
+    return str(s.save(save_dir(s.key)))
+
+
+def show():
+    return gr.File(visible=True)
 
 
 def choose_data(data):
@@ -462,8 +466,9 @@ def build_attention_tab():
     with gr.Row():
         text = gr.Textbox(label="Text (empty: the last prompt)", lines=2, scale=4,
                           value="ROMEO:\nBut soft, what light through yonder window breaks?")
-        layer = gr.Dropdown([("layer 0", 0)], value=0, label="layer", scale=1)
-        head = gr.Dropdown([("all heads", "all")], value="all", label="head", scale=1)
+        # Choices follow the current model (refreshed when the tab opens); the handler checks the range.
+        layer = gr.Dropdown([("layer 0", 0)], value=0, label="layer", scale=1, allow_custom_value=True)
+        head = gr.Dropdown([("all heads", "all")], value="all", label="head", scale=1, allow_custom_value=True)
         btn = gr.Button("Show attention", variant="primary", scale=1, elem_id="attention-btn")
     note = gr.Markdown("Rows are the tokens looking (queries), columns the tokens looked at (keys). "
                        "A token may only attend to itself and earlier tokens: the hatched triangle is masked out.")
@@ -544,7 +549,8 @@ def build_ui() -> gr.Blocks:
         # The event sets this session's stop flag (works from gradio_client too); cancels= also drops a queued job.
         t["stop"].click(stop, None, train_out, api_name="stop", queue=False, cancels=[train_ev, cont_ev])
         t["reset"].click(reset, None, train_out, api_name="reset", concurrency_limit=None)
-        t["save"].click(save, None, t["saved"], api_name="save", concurrency_limit=4, concurrency_id="infer")
+        t["save"].click(save, None, t["saved"], api_name="save", concurrency_limit=4, concurrency_id="infer").success(
+            show, None, t["saved"], api_visibility="private", queue=False)
 
         # Generate
         infer = dict(concurrency_limit=4, concurrency_id="infer")
@@ -575,7 +581,8 @@ def build_ui() -> gr.Blocks:
         c["refresh"].click(model_info, None, [c["info"], c["summary"], badge], api_name="model_info", **infer)
         checkpoints_tab.select(model_info, None, [c["info"], c["summary"], badge], api_name="model_info_on_tab",
                                api_visibility="private", **infer)
-        c["save"].click(save, None, c["saved"], api_name="save_from_checkpoints", api_visibility="private", **infer)
+        c["save"].click(save, None, c["saved"], api_name="save_from_checkpoints", api_visibility="private",
+                        **infer).success(show, None, c["saved"], api_visibility="private", queue=False)
 
         demo.load(on_load, None, badge, api_name="on_load", api_visibility="private")
         demo.load(estimate, t["knobs"], [t["estimate"], t["start"]], api_name="estimate_on_load",

@@ -217,8 +217,7 @@ def _masked_heatmap(ax, w, tokens, labels: bool, fontsize: float):
     T = w.shape[0]
     data = np.ma.masked_array(np.asarray(w, dtype=float), mask=np.triu(np.ones((T, T), dtype=bool), k=1))
     import matplotlib
-    cmap = matplotlib.colormaps["Blues"].copy()
-    cmap.set_bad("#f4f4f5")
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#f4f4f5")
     im = ax.imshow(data, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
     if T > 1:
         verts = [(0.5, -0.5), (T - 0.5, -0.5), (T - 0.5, T - 1.5)]

@@ -1,0 +1,224 @@
+"""The page's API, end to end: the app launched in-process on 127.0.0.1 and driven with gradio_client."""
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+TINY = dict(data="shakespeare", text="", upload=None, tokenizer="char", model="gpt", n_embd=32, n_head=2, n_layer=2,
+            block_size=32, dropout=0.0, batch_size=16, lr=3e-3, budget="seconds", amount=60, eval_interval=10, seed=1)
+COMPARE = dict(prompt="ROMEO:", tokens=40, seed=3, strategies=["greedy", "multinomial", "low temperature",
+                                                                 "high temperature", "top-k", "top-p"],
+               low_t=0.5, high_t=2.0, top_k=10, top_p=0.9, colour=True, use_cache=True)
+ENDPOINTS = {"/train", "/stop", "/continue_training", "/reset", "/save", "/estimate", "/generate", "/compare_sampling",
+             "/next_token_distribution", "/attention", "/tokenize", "/load_checkpoint", "/load_shipped", "/model_info"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    old = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
+    os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "1"  # so a closed client's session is freed within seconds
+    import app
+    _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                quiet=True, **app.launch_kwargs())
+    try:
+        yield app, url
+    finally:
+        app.demo.close()
+        if old is None:
+            os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
+        else:
+            os.environ["GRADIO_HEARTBEAT_INTERVAL"] = old
+
+
+@pytest.fixture
+def client(server, tmp_path):
+    c = Client(server[1], verbose=False, download_files=str(tmp_path))
+    yield c
+    c.close()
+
+
+def wait_for(cond, timeout=60.0, every=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_every_action_has_a_named_endpoint(client):
+    info = client.view_api(print_info=False, return_format="dict")
+    assert ENDPOINTS <= set(info["named_endpoints"])
+
+
+def test_model_info_starts_with_the_shipped_model(client):
+    info, summary, badge = client.predict(api_name="/model_info")
+    assert info["source"].startswith("shipped") and info["params"] > 0 and info["device"] == "cpu"
+    assert "full validation loss" in summary and "Current model" in badge
+
+
+def test_estimate_refuses_impossible_combinations(client):
+    html = client.predict(**{**TINY, "n_embd": 48, "n_head": 5}, api_name="/estimate")  # (Start is disabled too)
+    assert "Cannot start" in html and "divisible" in html
+    html = client.predict(**TINY, api_name="/estimate")
+    assert "parameters" in html and "Cannot" not in html
+
+
+def test_training_streams_updates_and_stops_on_request(server, client):
+    app, url = server
+    t0 = time.monotonic()
+    job = client.submit(**TINY, api_name="/train")
+    assert wait_for(lambda: len(job.outputs()) >= 4 and any(o[2] for o in job.outputs()), timeout=90)
+    elapsed = time.monotonic() - t0
+    # At least about one update a second while training (Start, steps, evals, samples).
+    assert len(job.outputs()) >= min(4, elapsed / 2)
+    t_stop = time.monotonic()
+    plot, status, sample, card, badge = client.predict(api_name="/stop")
+    assert time.monotonic() - t_stop < 10
+    assert "Finished" in status and "stopped" in status
+    assert wait_for(lambda: job.done(), timeout=30)
+    series = {row[2] for row in plot["data"]}
+    assert {"train (batch)", "train", "val"} <= series
+    assert sample.startswith("— sample at iteration") and card["iters"] > 0 and card["val_loss"] is not None
+    assert "trained in this session" in badge
+    info = client.predict(api_name="/model_info")[0]
+    assert info["source"] == "trained in this session" and info["training"]["iters"] == card["iters"]
+    # Another client (another browser tab) still has the shipped model.
+    other = Client(url, verbose=False)
+    try:
+        assert other.predict(api_name="/model_info")[0]["source"].startswith("shipped")
+    finally:
+        other.close()
+    # Continue resumes the same run; Reset goes back to the shipped model.
+    last = client.predict(**{**TINY, "budget": "iterations", "amount": 20}, api_name="/continue_training")
+    assert "Finished" in last[1] and last[3]["iters"] == card["iters"] + 20
+    client.predict(api_name="/reset")
+    assert client.predict(api_name="/model_info")[0]["source"].startswith("shipped")
+
+
+def test_sampling_comparison_is_repeatable(client):
+    first = client.predict(**COMPARE, api_name="/compare_sampling")
+    second = client.predict(**COMPARE, api_name="/compare_sampling")
+    html, summary, column, step = first
+    assert [c["text"] for c in summary] == [c["text"] for c in second[1]]
+    assert [c["name"] for c in summary] == ["greedy", "multinomial (T = 1)", "temperature T = 0.5",
+                                            "temperature T = 2", "top-k (k = 10)", "top-p (p = 0.9)"]
+    assert all(c["tokens"] == 40 and c["perplexity"] >= 1 for c in summary)
+    assert "perplexity" in html and 'title="p = ' in html and column["value"] == "greedy"
+    other = client.predict(**{**COMPARE, "seed": 4}, api_name="/compare_sampling")[1]
+    assert other[1]["text"] != summary[1]["text"]  # multinomial depends on the seed; greedy does not
+    assert other[0]["text"] == summary[0]["text"]
+    plot, note = client.predict("temperature T = 2", 5, api_name="/next_token_distribution")
+    assert plot["type"] == "matplotlib" and "rank" in note
+    with pytest.raises(AppError, match="no column"):
+        client.predict("nope", 1, api_name="/next_token_distribution")
+
+
+def test_comparison_escapes_text(client):
+    html = client.predict(**{**COMPARE, "prompt": "Tom & Jerry's", "tokens": 5}, api_name="/compare_sampling")[0]
+    assert "Tom &amp; Jerry&#x27;s" in html and "Tom & Jerry" not in html
+    with pytest.raises(AppError, match="not in the model's vocabulary"):
+        client.predict(**{**COMPARE, "prompt": "<script>"}, api_name="/compare_sampling")
+
+
+def test_generate_streams_and_measures_the_cache(client):
+    job = client.submit("ROMEO:", 150, "temperature", 0.8, 0, 1.0, 1, True, api_name="/generate")
+    text, words, plot = job.result()
+    assert text.startswith("ROMEO:") and len(text) > 100 and "tokens/s" in words and "on" in words
+    text2, words2, plot2 = client.predict("ROMEO:", 150, "temperature", 0.8, 0, 1.0, 1, False, api_name="/generate")
+    assert text2 == text and "off" in words2 and plot2["type"] == "matplotlib"
+    with pytest.raises(AppError, match="greater than maximum"):  # the slider's own bound (from Limits)
+        client.predict("ROMEO:", 10**6, "greedy", 0.8, 0, 1.0, 1, True, api_name="/generate")
+    with pytest.raises(AppError, match="not in the list of choices"):
+        client.predict("ROMEO:", 5, "beam", 0.8, 0, 1.0, 1, True, api_name="/generate")
+
+
+def test_attention_one_head_and_all_heads(client):
+    plot, note = client.predict("ROMEO: hi", 1, "2", api_name="/attention")
+    assert plot["type"] == "matplotlib" and note.startswith("9 tokens")
+    plot, note = client.predict("", 0, "all", api_name="/attention")
+    assert plot["type"] == "matplotlib"
+    with pytest.raises(AppError, match="layer must be between"):
+        client.predict("hi", 9, "all", api_name="/attention")
+
+
+def test_tokenize_both_ways(client):
+    html, ids = client.predict("Hello, world!", api_name="/tokenize")
+    assert ids["char"]["count"] == 13 and ids["char"]["vocab_size"] == 65
+    assert ids["gpt2"]["ids"] == [15496, 11, 995, 0] and ids["gpt2"]["vocab_size"] == 50257
+    assert "mg-chip" in html
+
+
+def test_save_and_load_a_checkpoint_and_a_bad_upload_is_refused(server, client, tmp_path):
+    path = client.predict(api_name="/save")
+    assert Path(path).suffix == ".safetensors" and Path(path).stat().st_size > 1000
+    info, summary, badge = client.predict(handle_file(path), api_name="/load_checkpoint")
+    assert info["source"].startswith("uploaded") and "uploaded" in badge
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json" + b"\x00" * 64)
+    with pytest.raises(AppError, match="not a safetensors file"):
+        client.predict(handle_file(str(bad)), api_name="/load_checkpoint")
+    # The current model is untouched and still works.
+    assert client.predict(api_name="/model_info")[0]["source"] == info["source"]
+    summary = client.predict(**{**COMPARE, "tokens": 10}, api_name="/compare_sampling")[1]
+    assert all(c["tokens"] == 10 for c in summary)
+    assert client.predict(api_name="/load_shipped")[0]["source"].startswith("shipped")
+
+
+def test_bad_training_input_is_a_message_not_a_crash(client):
+    with pytest.raises(AppError, match="divisible"):
+        client.predict(**{**TINY, "n_embd": 48, "n_head": 5}, api_name="/train")
+    with pytest.raises(AppError, match="paste some text"):
+        client.predict(**{**TINY, "data": "paste", "text": "  "}, api_name="/train")
+    assert client.predict(api_name="/model_info")[0]["params"] > 0
+
+
+def test_training_is_queued_one_at_a_time_while_generation_stays_responsive(server):
+    app, url = server
+    assert app.LIMITS.max_training_jobs == 1
+    a, b, c = (Client(url, verbose=False) for _ in range(3))
+    try:
+        job_a = a.submit(**TINY, api_name="/train")
+        assert wait_for(lambda: len(job_a.outputs()) >= 1, timeout=60)
+        job_b = b.submit(**TINY, api_name="/train")
+        time.sleep(1.0)
+        assert job_b.status().code.name == "IN_QUEUE" and not job_b.outputs()
+        t0 = time.monotonic()
+        summary = c.predict(**{**COMPARE, "tokens": 20}, api_name="/compare_sampling")[1]
+        assert len(summary) == 6 and time.monotonic() - t0 < 30
+        b.predict(api_name="/stop")  # b is only queued: nothing to stop yet, and a keeps training
+        assert not job_a.done()
+        a.predict(api_name="/stop")
+        assert wait_for(lambda: job_a.done(), timeout=30)
+        assert wait_for(lambda: job_b.done() or len(job_b.outputs()) >= 1, timeout=60)
+        b.predict(api_name="/stop")
+        assert wait_for(lambda: job_b.done(), timeout=30)
+    finally:
+        for x in (a, b, c):
+            x.close()
+
+
+def test_a_closed_client_frees_its_session(server):
+    app, url = server
+    c = Client(url, verbose=False)
+    c.predict(api_name="/model_info")
+    key = c.session_hash
+    assert key in app.PLAYGROUND
+    c.close()
+    assert wait_for(lambda: key not in app.PLAYGROUND, timeout=30)
