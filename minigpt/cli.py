@@ -34,7 +34,9 @@ def add_train(sub):
     m, t = GPTConfig(), TrainConfig()
     p = sub.add_parser("train", help="train a model and save a .safetensors checkpoint",
                        description="Train a GPT (or the bigram baseline) on Tiny Shakespeare or your own text. "
-                                   "Example: python -m minigpt train --out runs/shakespeare.safetensors")
+                                   "Example: python -m minigpt train --out runs/shakespeare.safetensors. "
+                                   "Several GPUs or processes: torchrun --standalone --nproc_per_node=N "
+                                   "-m minigpt train ... (DistributedDataParallel)")
     p.add_argument("--data", default="shakespeare",
                    help="'shakespeare', the path of a UTF-8 text file, or a folder written by `prepare`")
     p.add_argument("--tokenizer", default="char", choices=["char", "gpt2"],
