@@ -47,7 +47,7 @@ SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "He
 MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "DejaVu Sans Mono", "monospace"]
 STRATEGY_CHOICES = ("greedy", "multinomial", "low temperature", "high temperature", "top-k", "top-p")
 
-GUIDE = """**What to expect** (Tiny Shakespeare, characters, validation loss):
+GUIDE = """Validation loss on Tiny Shakespeare with characters:
 - untrained: ln 65 ≈ **4.17** — every character equally likely
 - bigram baseline: stalls near **2.5** — it only sees the previous character
 - the default model for a minute on a laptop CPU: ≈ **2.0** (the shipped model, 150 s: 1.67)
@@ -241,8 +241,8 @@ def next_token_distribution(column, step, request: gr.Request):
     """The next-token distribution at one step of the last comparison, and the same logits at T = 0.5, 1, 2."""
     s = session_of(request)
     info = s.next_token(column, step)
-    note = (f"Context: …`{info['context'][-40:]!r}` → chose **{plots.show_token(info['chosen_piece'])}** "
-            f"(rank {info['chosen_rank']}). "
+    note = (f"After …`{plots.show_token(info['context'][-40:])}` the model gave these probabilities; "
+            f"**{info['column']}** chose **`{plots.show_token(info['chosen_piece'])}`** (rank {info['chosen_rank']}). "
             + ("*The model changed since this comparison: the bars are the current model's.*" if info["changed"] else ""))
     return plots.next_token_figure(info), note
 
@@ -259,6 +259,10 @@ def generate(prompt, tokens, strategy, temperature, top_k, top_p, seed, use_cach
             yield (prompt or "") + text, gr.skip(), gr.skip()
     words = (f"{stats['tokens']} tokens in {stats['seconds']:.2f} s = **{stats['tokens_per_s']:.0f} tokens/s** "
              f"with the KV cache **{'on' if use_cache else 'off'}** · perplexity {stats['perplexity']:.2f}")
+    if use_cache and stats["tokens"] > stats["cache_full_after"]:
+        words += (f"  \nThe cache holds the model's context of {stats['context']} tokens: it was full after "
+                  f"{stats['cache_full_after']} new tokens, and from then on each token recomputes the last "
+                  f"{stats['context']}, as without the cache. Generate fewer tokens to see its full effect.")
     yield (prompt or "") + text, words, plots.cache_figure(s.cache_speed)
 
 
@@ -281,7 +285,9 @@ def attention(text, layer, head, request: gr.Request):
         fig = plots.attention_figure(a["tokens"], a["weights"][layer, h], layer, h)
     note = f"{len(a['tokens'])} tokens"
     if a["cropped"]:
-        note += f" (the last {len(a['tokens'])}: the view shows at most {a['shown_max']} and the model's context is {a['block_size']})"
+        why = (f"the model's context is {a['block_size']}" if a["block_size"] <= a["shown_max"]
+               else f"the view shows at most {a['shown_max']}")
+        note += f" (the last {len(a['tokens'])} of the text: {why})"
     return fig, note
 
 
@@ -403,7 +409,7 @@ def build_train_tab():
                 save_btn = gr.Button("Save", elem_id="save-btn", min_width=80)
             saved = gr.File(label="Checkpoint", interactive=False, visible=False, height=80, elem_id="saved-file")
             status = gr.HTML(plots.status_html(TrainView()), elem_id="train-status")
-            loss_plot = gr.LinePlot(plots.loss_frame([], []), x="step", y="loss", color="series",
+            loss_plot = gr.LinePlot(None, x="step", y="loss", color="series",
                                     color_map=plots.LOSS_COLOURS, x_title="iteration", y_title="loss",
                                     show_label=False, height=300, elem_id="loss-plot", buttons=["fullscreen", "export"])
             sample = gr.Textbox(label="Latest sample (temperature 0.8)", lines=7, max_lines=12, interactive=False,
@@ -432,10 +438,10 @@ def build_generate_tab():
         colour = gr.Checkbox(True, label="colour tokens by probability", scale=1)
         use_cache = gr.Checkbox(True, label="KV cache", scale=1, min_width=100)
     with gr.Row():
-        low_t = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="low temperature")
-        high_t = gr.Slider(1.0, 5.0, value=2.0, step=0.1, label="high temperature")
-        top_k = gr.Slider(1, 100, value=10, step=1, label="top-k: k")
-        top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="top-p: p")
+        low_t = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="low T")
+        high_t = gr.Slider(1.0, 5.0, value=2.0, step=0.1, label="high T")
+        top_k = gr.Slider(1, 100, value=10, step=1, label="k (top-k)")
+        top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="p (top-p)")
     out = gr.HTML(plots.compare_html([]), elem_id="compare-out")
     with gr.Accordion("Numbers (JSON)", open=False):
         summary = gr.JSON(label="comparison")
@@ -444,7 +450,7 @@ def build_generate_tab():
         column = gr.Dropdown([], label="strategy", scale=2, allow_custom_value=True)
         step = gr.Slider(1, 200, value=1, step=1, label="step", scale=3)
     nt_note = gr.Markdown()
-    nt_plot = gr.Plot(label="next-token distribution", elem_id="next-token-plot")
+    nt_plot = gr.Plot(label="next-token distribution", show_label=False, elem_id="next-token-plot")
     with gr.Accordion("Generate one text — and what the KV cache buys", open=False):
         with gr.Row(equal_height=True):
             strategy = gr.Dropdown(list(STRATEGIES), value="temperature", label="strategy", min_width=140)
@@ -454,7 +460,7 @@ def build_generate_tab():
             gen_btn = gr.Button("Generate", min_width=100, elem_id="generate-btn")
         gen_out = gr.Textbox(label="Text", lines=6, max_lines=10, interactive=False)
         gen_stats = gr.Markdown("Switch **KV cache** (above) on and off and generate again to compare speeds.")
-        cache_plot = gr.Plot(label="tokens per second", elem_id="cache-plot")
+        cache_plot = gr.Plot(label="tokens per second", show_label=False, elem_id="cache-plot")
     return dict(prompt=prompt, tokens=tokens, seed=seed, compare=compare_btn,
                 switches=[strategies, low_t, high_t, top_k, top_p, colour, use_cache],
                 colour=colour, use_cache=use_cache, out=out, summary=summary, column=column, step=step,
@@ -472,7 +478,7 @@ def build_attention_tab():
         btn = gr.Button("Show attention", variant="primary", scale=1, elem_id="attention-btn")
     note = gr.Markdown("Rows are the tokens looking (queries), columns the tokens looked at (keys). "
                        "A token may only attend to itself and earlier tokens: the hatched triangle is masked out.")
-    plot = gr.Plot(label="attention", elem_id="attention-plot")
+    plot = gr.Plot(label="attention", show_label=False, elem_id="attention-plot")
     return dict(text=text, layer=layer, head=head, btn=btn, note=note, plot=plot)
 
 
@@ -495,11 +501,11 @@ def build_checkpoints_tab():
     with gr.Row():
         with gr.Column(scale=2):
             upload = gr.File(label=f"Upload a checkpoint (.safetensors, max {LIMITS.max_upload_mb:g} MB)",
-                             file_types=[".safetensors"], type="filepath", height=150, elem_id="ckpt-upload")
+                             file_types=[".safetensors"], type="filepath", height=200, elem_id="ckpt-upload")
+            shipped_btn = gr.Button("Load the shipped model", elem_id="shipped-btn")
             with gr.Row():
-                shipped_btn = gr.Button("Load the shipped model", elem_id="shipped-btn")
-                info_btn = gr.Button("Refresh", elem_id="info-btn")
-                save_btn = gr.Button("Save the current model", elem_id="save2-btn")
+                save_btn = gr.Button("Save", elem_id="save2-btn", min_width=80)
+                info_btn = gr.Button("Refresh", elem_id="info-btn", min_width=80)
             saved = gr.File(label="Saved checkpoint", interactive=False, visible=False, height=80)
         with gr.Column(scale=3):
             summary = gr.Markdown(elem_id="model-summary")

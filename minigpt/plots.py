@@ -11,7 +11,7 @@ import html
 import math
 
 BLUE, ORANGE, GREY, INK = "#4f46e5", "#f97316", "#d4d4d8", "#27272a"
-LOSS_COLOURS = {"train (batch)": "#c7d2fe", "train": BLUE, "val": ORANGE}
+LOSS_COLOURS = {"train (batch)": "#93c5fd", "train": "#1d4ed8", "val": "#ea580c"}
 TEMP_COLOURS = {0.5: "#1e3a8a", 1.0: "#6366f1", 2.0: "#c4b5fd"}
 CHUNK_COLOURS = ("#dbeafe", "#fce7f3", "#dcfce7", "#fef3c7", "#ede9fe", "#ffedd5")
 
@@ -42,15 +42,22 @@ def fmt_count(n: float) -> str:
 # ---- training -------------------------------------------------------------------------------------
 
 def loss_frame(steps, evals):
-    """Long-form DataFrame (step, loss, series) for gr.LinePlot: batch losses and the eval estimates."""
+    """Long-form DataFrame (step, loss, series) for gr.LinePlot: batch losses and the eval estimates.
+
+    None when there is nothing yet. Every series is always present (a NaN row until it has data):
+    the chart fixes its colour legend from the first data it gets, so a series added later would
+    never be drawn.
+    """
     import pandas as pd
     rows = [(it, loss, "train (batch)") for it, loss in steps if math.isfinite(loss)]
     for it, train, val in evals:
         rows.append((it, train, "train"))
         rows.append((it, val, "val"))
     if not rows:
-        return pd.DataFrame({"step": pd.Series([], dtype="int64"), "loss": pd.Series([], dtype="float64"),
-                             "series": pd.Series([], dtype="str")})
+        return None
+    first = rows[0][0]
+    present = {r[2] for r in rows}
+    rows += [(first, float("nan"), name) for name in LOSS_COLOURS if name not in present]
     return pd.DataFrame(rows, columns=["step", "loss", "series"])
 
 
@@ -213,12 +220,14 @@ def cache_figure(speeds: dict):
 def _masked_heatmap(ax, w, tokens, labels: bool, fontsize: float):
     """One attention map: queries down, keys across, the causal mask (future keys) hatched grey."""
     import numpy as np
+    from matplotlib.colors import PowerNorm
     from matplotlib.patches import Polygon
     T = w.shape[0]
     data = np.ma.masked_array(np.asarray(w, dtype=float), mask=np.triu(np.ones((T, T), dtype=bool), k=1))
     import matplotlib
     cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#f4f4f5")
-    im = ax.imshow(data, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    # A square-root colour scale: weights spread over many tokens stay visible, 0 and 1 keep their meaning.
+    im = ax.imshow(data, cmap=cmap, norm=PowerNorm(0.5, vmin=0.0, vmax=1.0), interpolation="nearest")
     if T > 1:
         verts = [(0.5, -0.5), (T - 0.5, -0.5), (T - 0.5, T - 1.5)]
         for i in range(T - 2, -1, -1):
@@ -344,7 +353,7 @@ def model_markdown(info: dict) -> str:
     if info.get("training_now"):
         rows.append(("now", "**training** (Stop it before loading another model)"))
     body = "\n".join(f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows)
-    return "| | |\n|---|---|\n" + body
+    return "| current model | |\n|---|---|\n" + body
 
 
 CSS = """

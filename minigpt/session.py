@@ -10,6 +10,7 @@ ValueError (or CheckpointError / DataError, both ValueErrors) and never touches 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -184,6 +185,26 @@ def train_memory_bytes(cfg: GPTConfig, batch_size: int) -> float:
     return 16.0 * p + acts
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run a small inference step on one intra-op thread, then restore this thread's setting.
+
+    Decoding one token at a time is a chain of tiny ops: on a busy 2-core machine (someone is
+    training) two OpenMP threads spend their time waiting for each other, measured here 10-30x
+    slower than one. The setting is per thread, so it must not span a `yield` (the next chunk of a
+    streamed handler may run on another worker thread).
+    """
+    prev = torch.get_num_threads()
+    if prev == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 # ---- the registry ---------------------------------------------------------------------------------
 
 class Playground:
@@ -196,6 +217,7 @@ class Playground:
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
         self.device = pick_device(device)
+        self.threads = torch.get_num_threads()  # what training uses (as the CLI does)
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._shipped: ModelRef | None = None
@@ -333,6 +355,11 @@ class Playground:
                         memory_mb=train_memory_bytes(cfg, tcfg.batch_size) / 2**20, step_ms=step * 1000,
                         iters=iters, seconds=seconds, notes=notes)
 
+    def training_threads(self):
+        """Give the calling worker thread the full thread count (a fresh thread may have started at one)."""
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
     def step_seconds(self, cfg: GPTConfig, batch_size: int) -> float:
         """Predicted seconds per training step: fixed overheads plus FLOPs at a rate, times the calibration."""
         flops = train_flops_per_token(cfg) * batch_size * cfg.block_size
@@ -433,12 +460,14 @@ class Session:
             events = train(run, tcfg, self.stop_event, limits)
             last = 0.0
             try:
+                self.pg.training_threads()
                 for ev in events:
                     self._apply(view, ev, steps)
                     now = time.monotonic()
                     if isinstance(ev, (Start, Done)) or now - last >= interval:
                         last = now
                         yield self._snapshot(view, steps)
+                        self.pg.training_threads()  # the next chunk may run on another worker thread
             finally:
                 if view.state == "training":  # closed early: finish the run so the model and card are whole
                     self.stop_event.set()
@@ -580,7 +609,11 @@ class Session:
         t0 = time.perf_counter()
         out, last = [], 0.0
         text = ""
-        for step in steps:
+        while True:
+            with one_thread():
+                step = next(steps, None)
+            if step is None:
+                break
             out.append(step)
             text += step.text
             now = time.perf_counter()
@@ -588,6 +621,8 @@ class Session:
                 last = now
                 yield text, self._gen_stats(out, now - t0, use_cache, final=False)
         stats = self._gen_stats(out, time.perf_counter() - t0, use_cache, final=True)
+        stats["context"] = ref.model.config.block_size
+        stats["cache_full_after"] = max(0, ref.model.config.block_size - len(start_ids(ref.tokenizer, prompt or "")))
         self.cache_speed["on" if use_cache else "off"] = stats["tokens_per_s"]
         yield text, stats
 
@@ -625,7 +660,8 @@ class Session:
         while live:
             for i in list(live):
                 t = time.perf_counter()
-                step = next(iters[i], None)
+                with one_thread():
+                    step = next(iters[i], None)
                 cols[i]["seconds"] += time.perf_counter() - t
                 if step is None:
                     cols[i]["done"] = True
@@ -675,7 +711,8 @@ class Session:
         was_training = model.training
         model.eval()
         try:
-            logits = model(torch.tensor([context], dtype=torch.long, device=device))[0][0, -1].float().cpu()
+            with one_thread():
+                logits = model(torch.tensor([context], dtype=torch.long, device=device))[0][0, -1].float().cpu()
         finally:
             model.train(was_training)
         chosen = col["ids"][step - 1]
@@ -714,7 +751,8 @@ class Session:
         was_training = model.training
         model.eval()
         try:
-            _, _, atts = model(torch.tensor([ids], dtype=torch.long, device=device), return_attn=True)
+            with one_thread():
+                _, _, atts = model(torch.tensor([ids], dtype=torch.long, device=device), return_attn=True)
         finally:
             model.train(was_training)
         weights = torch.stack([a[0] for a in atts]).float().cpu()  # (L, nh, T, T)

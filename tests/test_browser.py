@@ -1,0 +1,125 @@
+"""The page in a real browser: Debian's chromium driven by Playwright, at a projector's 1280×800.
+
+Trains a tiny model (loss plot and sample appear, Stop halts it), runs the sampling comparison,
+opens every tab, and saves screenshots under test-output/screenshots/ for a person to look at.
+"""
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHOTS = ROOT / "test-output" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+pytestmark = pytest.mark.slow  # ~30-60 s: a browser, a training run, every tab
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium); "
+                    "never `playwright install`")
+    import app
+    _, address, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                    quiet=True, **app.launch_kwargs())
+    try:
+        yield address
+    finally:
+        app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    from playwright.sync_api import sync_playwright
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        pg = browser.new_page(viewport={"width": 1280, "height": 800})
+        pg.set_default_timeout(60_000)
+        pg.goto(url)
+        pg.wait_for_selector("#model-badge >> text=Current model: shipped")
+        yield pg
+        browser.close()
+
+
+def set_number(page, elem_id: str, value):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def shoot(page, name: str, full: bool = False):
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
+
+
+def test_train_stream_and_stop(page):
+    shoot(page, "01-train-start")
+    for elem_id, value in (("n-embd", 32), ("n-head", 4), ("n-layer", 2), ("block-size", 32), ("eval-interval", 10)):
+        set_number(page, elem_id, value)
+    set_number(page, "amount", 60)
+    page.wait_for_selector("#estimate >> text=27,840 parameters")
+    page.locator("#start-btn").click()
+
+    # Live: the iteration count moves, the loss plot draws train/val, a sample appears.
+    page.wait_for_selector("#train-status >> text=iteration")
+    first = page.locator("#train-status").inner_text()
+    page.wait_for_function("document.querySelector('#train-sample textarea').value.startsWith('— sample at')")
+    page.wait_for_function("() => { const p = document.querySelector('#loss-plot');"
+                           " return p.querySelector('.vega-embed') && p.innerText.includes('val'); }")
+    assert page.locator("#train-status").inner_text() != first, "the status should stream"
+    shoot(page, "02-training")
+
+    t0 = time.monotonic()
+    page.locator("#stop-btn").click()
+    page.wait_for_selector("#train-status >> text=Finished", timeout=30_000)
+    assert time.monotonic() - t0 < 15
+    assert "stopped" in page.locator("#train-status").inner_text()
+    page.wait_for_selector("#model-badge >> text=trained in this session")
+    shoot(page, "03-train-stopped", full=True)
+
+
+def test_compare_sampling_and_next_token(page):
+    page.get_by_role("tab", name="Checkpoints").click()
+    page.locator("#shipped-btn").click()
+    page.wait_for_selector("#model-badge >> text=Current model: shipped")
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#compare-btn").click()
+    page.wait_for_function("() => document.querySelectorAll('#compare-out .mg-card').length === 4 &&"
+                           " !document.querySelector('#compare-out .mg-live')")
+    text = page.locator("#compare-out").inner_text()
+    assert "greedy" in text and "temperature T = 2" in text and "perplexity" in text
+    assert page.locator("#compare-out .mg-tok[title]").count() > 100  # coloured tokens with hover alternatives
+    page.wait_for_selector("#next-token-plot img")
+    shoot(page, "04-generate")
+    page.locator("#next-token-plot").scroll_into_view_if_needed()
+    shoot(page, "05-next-token")
+
+
+def test_other_tabs(page):
+    page.get_by_role("tab", name="Attention").click()
+    page.locator("#attention-btn").click()
+    page.wait_for_selector("#attention-plot img")
+    shoot(page, "06-attention")
+    page.get_by_role("tab", name="Tokenizer").click()
+    page.wait_for_selector("#tok-out .mg-chip")
+    shoot(page, "07-tokenizer")
+    page.get_by_role("tab", name="Checkpoints").click()
+    page.wait_for_selector("#model-summary >> text=parameters")
+    shoot(page, "08-checkpoints")
+    page.get_by_role("tab", name="Concepts").click()
+    time.sleep(1.0)
+    shoot(page, "09-concepts")
