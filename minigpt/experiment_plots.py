@@ -15,12 +15,12 @@ ACT_COLOURS = {"sigmoid": "#dc2626", "tanh": "#f59e0b", "relu": "#4f46e5", "gelu
 TITLE, LABEL, TICK = 12, 11, 10
 
 
-def _figure(width: float, height: float, rows: int = 1, cols: int = 1):
+def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **share):
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    axes = fig.subplots(rows, cols, squeeze=False, **share).ravel().tolist()
     for ax in axes:
         ax.tick_params(labelsize=TICK)
         ax.grid(True, alpha=0.3, which="major")
@@ -159,7 +159,7 @@ def gradient_clipping_figure(r):
 
 def norm_heatmaps_figure(r):
     from matplotlib.ticker import MaxNLocator
-    fig, axes = _figure(10, 3.9, 1, 4)
+    fig, axes = _figure(10, 3.9, 1, 4, sharey=True)
     panels = [("input", r.input), ("LayerNorm", r.layernorm), ("BatchNorm (train)", r.batchnorm),
               (f"BatchNorm (eval, {r.bn_updates} upd.)", r.batchnorm_eval)]
     image = None
@@ -172,11 +172,11 @@ def norm_heatmaps_figure(r):
             image = ax.imshow(s.values, aspect="auto", cmap="RdBu_r", vmin=-3, vmax=3, interpolation="nearest")
         ax.set_title(name, fontsize=TITLE - 1)
         ax.set_xlabel("feature", fontsize=LABEL)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
         if s.error:
             ax.text(0.5, 0.5, "PyTorch refuses:\nbatch of 1\n(the formula\ngives all zeros)", transform=ax.transAxes,
                     ha="center", va="center", fontsize=TICK, bbox=dict(facecolor="white", alpha=0.85))
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("sample", fontsize=LABEL)
     fig.colorbar(image, ax=axes[1:], shrink=0.85, label="normalised value")
     return fig

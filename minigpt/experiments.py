@@ -12,7 +12,9 @@ what the CLI prints and the Concepts tab shows. Figures are drawn in experiment_
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from dataclasses import dataclass, fields
 
 import torch
@@ -128,6 +130,29 @@ def _finite_or_none(x):
     if isinstance(x, (list, tuple)):
         return [_finite_or_none(v) for v in x]
     return x
+
+
+_THREADS_LOCK = threading.Lock()
+
+
+def _single_threaded(fn):
+    """Run an experiment on one intra-op thread, then put the thread count back.
+
+    These tensors are tiny: handing them to a second thread costs more than it saves, and on a busy
+    2-core machine (a training run next door) waiting for a descheduled OpenMP thread turned a 50 ms
+    experiment into 10-20 s. torch's setting is process-wide, hence the lock (two experiments at once
+    must not restore each other's value) and the short time it is held.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _THREADS_LOCK:
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.set_num_threads(before)
+    return wrapper
 
 
 class _Result:
@@ -261,6 +286,7 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return torch.special.entr(p).sum(-1)  # -sum p log p, with 0 log 0 = 0
 
 
+@_single_threaded
 def softmax_scaling(*, dims=DEFAULT_DIMS, seq_len=64, rows=256, pairs=4000, example_logits=EXAMPLE_LOGITS,
                     example_scale=8.0, seed=0) -> SoftmaxScaling:
     """Variance of q·k with and without 1/sqrt(d), and what softmax makes of such scores."""
@@ -322,7 +348,7 @@ class GradientFlow(_Result):
     max_norm: float
     lr: float
     total_norm_before: float        # total gradient norm at the first step, what clip_grad_norm_ returns
-    total_norm_after: float         # the same after clipping (≤ max_norm)
+    total_norm_after: float         # measured again after clipping (≤ max_norm)
     loss_unclipped: list            # loss before each SGD step, no clipping (inf/nan once it blows up)
     loss_clipped: list              # the same run with clip_grad_norm_(max_norm) before each step
     grad_norm_unclipped: list       # total gradient norm at each step
@@ -370,8 +396,8 @@ def _total_norm(weights) -> float:
 
 
 def _sgd_run(weights, x, y, lr, steps, max_norm):
-    """Plain SGD on MSE; returns the loss and total grad norm (before any clipping) at each step."""
-    losses, norms = [], []
+    """Plain SGD on MSE. Per step: the loss, the total grad norm, and the norm actually used for the step."""
+    losses, norms, used = [], [], []
     for _ in range(steps):
         loss = F.mse_loss(_forward(x, weights, lambda t: t), y)
         for w in weights:
@@ -380,18 +406,20 @@ def _sgd_run(weights, x, y, lr, steps, max_norm):
         if max_norm is None:
             norm = _total_norm(weights)
         else:
-            norm = torch.nn.utils.clip_grad_norm_(weights, max_norm).item()
+            norm = torch.nn.utils.clip_grad_norm_(weights, max_norm).item()  # returns the norm before clipping
         losses.append(loss.item())
         norms.append(norm)
+        used.append(_total_norm(weights))
         if not (math.isfinite(losses[-1]) and math.isfinite(norm)):
             break  # diverged: every later step is nan, and computing with nan is slow
         with torch.no_grad():
             for w in weights:
                 w -= lr * w.grad
     pad = [math.nan] * (steps - len(losses))
-    return losses + pad, norms + pad
+    return losses + pad, norms + pad, used + pad
 
 
+@_single_threaded
 def gradient_flow(*, depth=20, width=32, batch=64, activations=DEFAULT_ACTIVATIONS, init="default",
                   residual=False, layernorm=False, explode_gain=1.5, max_norm=1.0, lr=0.05, sgd_steps=10,
                   seed=0) -> GradientFlow:
@@ -428,14 +456,13 @@ def gradient_flow(*, depth=20, width=32, batch=64, activations=DEFAULT_ACTIVATIO
     runs = {}
     for tag, clip in (("plain", None), ("clipped", k["max_norm"])):
         runs[tag] = _sgd_run([w.clone().requires_grad_() for w in big], x, y, k["lr"], k["sgd_steps"], clip)
-    first = runs["plain"][1][0]
-    after = first * min(1.0, k["max_norm"] / (first + 1e-6))   # clip_grad_norm_'s own rescaling rule
-    diverged = next((i for i, (v, n) in enumerate(zip(*runs["plain"])) if not math.isfinite(v * n)), None)
+    before, after = runs["clipped"][1][0], runs["clipped"][2][0]
+    diverged = next((i for i, (v, n) in enumerate(zip(*runs["plain"][:2])) if not math.isfinite(v * n)), None)
 
     return GradientFlow(
         layers=list(range(1, L + 1)), grad_norms=norms, first_last_ratio=ratio, depth=L, width=W, batch=B,
         init=init, residual=residual, layernorm=layernorm, explode_gain=k["explode_gain"], max_norm=k["max_norm"],
-        lr=k["lr"], total_norm_before=first, total_norm_after=after, loss_unclipped=runs["plain"][0],
+        lr=k["lr"], total_norm_before=before, total_norm_after=after, loss_unclipped=runs["plain"][0],
         loss_clipped=runs["clipped"][0], grad_norm_unclipped=runs["plain"][1],
         grad_norm_clipped=runs["clipped"][1], diverged_at=diverged, seed=k["seed"])
 
@@ -513,6 +540,7 @@ def batch_norm_manual(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return (x - mean) / torch.sqrt(var + eps)
 
 
+@_single_threaded
 def norm_compare(*, batch=8, features=16, shift=3.0, scale=2.0, feature_spread=2.0, bn_updates=3,
                  seed=0) -> NormCompare:
     """LayerNorm and BatchNorm on one batch: by hand and with torch.nn, train and eval mode."""
