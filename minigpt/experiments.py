@@ -140,8 +140,9 @@ def _single_threaded(fn):
 
     These tensors are tiny: handing them to a second thread costs more than it saves, and on a busy
     2-core machine (a training run next door) waiting for a descheduled OpenMP thread turned a 50 ms
-    experiment into 10-20 s. torch's setting is process-wide, hence the lock (two experiments at once
-    must not restore each other's value) and the short time it is held.
+    experiment into 10-20 s. The setting belongs to the calling thread, but a thread that starts using
+    torch meanwhile copies the last value set, so two experiments at once could restore each other's
+    value: hence the lock, held for the few milliseconds an experiment takes.
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
