@@ -9,6 +9,8 @@ API endpoints: /softmax_scaling, /gradient_flow, /norm_compare.
 
 from __future__ import annotations
 
+import inspect
+
 import gradio as gr
 
 from minigpt import experiment_plots as P
@@ -59,13 +61,16 @@ def _seed():
     return gr.Number(E.SEED.default, label="seed", precision=0, minimum=E.SEED.lo, maximum=E.SEED.hi)
 
 
-def _figures(kind: str):
-    """A plot and its explanation per figure, then the numbers; returns the output components."""
+def _figures(kind: str, numbers_open: bool = False, code=()):
+    """A plot and its explanation per figure, optional source code, then the numbers; returns the outputs."""
     outputs = []
     for key, _ in P.FIGURES[kind]:
         outputs.append(gr.Plot(show_label=False, elem_id=f"concepts-{key}"))
         gr.Markdown(E.EXPLANATIONS[key], elem_classes="mg-explain")
-    with gr.Accordion("Numbers", open=False):
+    if code:
+        with gr.Accordion("The formulas by hand (compared with torch.nn in the numbers below)", open=False):
+            gr.Code("\n\n".join(inspect.getsource(f) for f in code), language="python", interactive=False)
+    with gr.Accordion("Numbers", open=numbers_open):
         outputs.append(gr.Markdown(elem_id=f"concepts-{kind}-numbers"))
     return outputs
 
@@ -149,6 +154,7 @@ def build_concepts_tab():
                     seed = _seed()
                     run = gr.Button("Run", variant="primary")
                 with gr.Column(scale=3):
-                    outputs = _figures("norms")
+                    outputs = _figures("norms", numbers_open=True,
+                                       code=(E.layer_norm_manual, E.batch_norm_manual))
             _wire([batch, features, shift, scale, feature_spread, bn_updates, seed], run, [norm_tab.select],
                   norm_compare, outputs, "norm_compare")

@@ -57,11 +57,11 @@ def softmax_variance_figure(r):
 
 def softmax_peakiness_figure(r):
     fig, (left, right) = _figure(10, 3.8, 1, 2)
-    for ax, (unscaled, scaled), ref, ref_label, ylabel in (
-            (left, (r.max_prob_unscaled, r.max_prob_scaled), r.uniform_max_prob, f"uniform 1/T = {r.uniform_max_prob:.3g}",
-             "largest probability in a row"),
-            (right, (r.entropy_unscaled, r.entropy_scaled), r.uniform_entropy, f"uniform log T = {r.uniform_entropy:.2f}",
-             "entropy (nats)")):
+    panels = ((left, r.max_prob_unscaled, r.max_prob_scaled, r.uniform_max_prob,
+               f"uniform 1/T = {r.uniform_max_prob:.3g}", "largest probability in a row"),
+              (right, r.entropy_unscaled, r.entropy_scaled, r.uniform_entropy,
+               f"uniform log T = {r.uniform_entropy:.2f}", "entropy (nats)"))
+    for ax, unscaled, scaled, ref, ref_label, ylabel in panels:
         ax.plot(r.dims, unscaled, "o-", color=UNSCALED, lw=2, label="softmax(q·k)")
         ax.plot(r.dims, scaled, "o-", color=SCALED, lw=2, label="softmax(q·k / √d)")
         ax.axhline(ref, ls=":", color=REF, lw=1.5, label=ref_label)

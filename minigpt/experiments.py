@@ -195,11 +195,12 @@ def tables_text(tables: list[Table]) -> str:
 
 
 def tables_markdown(tables: list[Table]) -> str:
+    def row(cells):
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
     out = []
     for t in tables:
-        out += [f"**{t.title}**", "", "| " + " | ".join(map(str, t.headers)) + " |",
-                "|" + "---|" * len(t.headers)]
-        out += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in t.rows]
+        out += [f"**{t.title}**", "", row(map(str, t.headers)), "|" + "---|" * len(t.headers)]
+        out += [row(fmt(v) for v in r) for r in t.rows]
         out.append("")
     return "\n".join(out)
 
@@ -478,7 +479,7 @@ class NormStats:
     per_feature_mean: list          # one per column, across the batch
     per_feature_std: list
     values: list                    # the matrix itself, rows = samples
-    manual_max_abs_diff: float | None = None   # |formula by hand - PyTorch module|, None when there is nothing to compare
+    manual_max_abs_diff: float | None = None   # max |formula by hand - torch.nn|; None: nothing to compare
     error: str | None = None        # what PyTorch raised, if it refused
 
     @classmethod
