@@ -19,7 +19,7 @@ import torch
 
 from . import __version__
 from .data import Splits, get_batch, val_tensor
-from .device import Precision, pick_device, pick_precision
+from .device import Precision, ThreadTuner, pick_device, pick_precision
 from .evaluate import estimate_loss, full_val_loss
 from .generate import generate
 from .limits import Limits, check_float, check_int
@@ -219,6 +219,17 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
     trains on its share of every batch through DDP; only rank 0 evaluates and samples, and the ranks
     agree on every stop so they leave the loop together.
     """
+    # On a CPU, keep the thread count that runs fastest right now (see ThreadTuner); a torchrun job
+    # sets its own threads per process.
+    tuner = ThreadTuner() if team is None and run.precision.device == "cpu" else None
+    try:
+        yield from _train(run, cfg, stop, limits, team, tuner)
+    finally:
+        if tuner is not None:
+            tuner.restore()
+
+
+def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
     cfg.validate(limits)
     run.last_train_config = asdict(cfg)
     world = team.world_size if team is not None else 1
@@ -297,6 +308,8 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
         opt.step()
         opt.zero_grad(set_to_none=True)
         run.iters += 1
+        if tuner is not None:
+            tuner.tick()
 
         if check:
             now = time.perf_counter()
@@ -311,6 +324,8 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
                        elapsed=elapsed, eta=left, progress=min(1.0, max(progress, (it + 1) / cfg.max_iters)))
 
         if (it + 1) % cfg.eval_interval == 0 and has_val:
+            if tuner is not None:
+                tuner.pause()
             verdict = None  # rank 0 evaluates; every rank acts on what it finds
             if main:
                 ev = Eval(iter=run.iters, train_loss=estimate_loss(model, evals["train"], precision),

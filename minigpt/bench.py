@@ -1,0 +1,263 @@
+"""`python -m minigpt bench`: how fast minigpt is on this machine.
+
+    python -m minigpt bench                   # a table, in a few minutes
+    python -m minigpt bench --quick --json    # about a minute; the last line is one JSON object
+    python -m minigpt bench --baseline        # also times nanoGPT's CPU recipe, for the ratio
+
+It measures training tokens/s of the trainer itself (`train()`, fp32 and the fast path: bf16
+autocast where the CPU has it) for the 4-layer, 128-wide, context-64 model at the default batch;
+generation tokens/s with and without the KV cache (6 layers, 384 wide, context 256, random
+weights: speed does not depend on them); the app's cold start (launch app.py, poll its port until
+it answers); and the peak memory (RSS) of a `python -m minigpt train` run of the default model.
+Timings on a shared machine are noisy: fp32 and the fast path are measured in alternating rounds
+and the best round of each is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .data import Splits, data_dir
+from .device import pick_precision
+from .model import GPTConfig
+from .train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE_SCRIPT = ROOT.parent / "shared" / "bench" / "nanogpt_cpu_recipe.py"
+KEYS = ("train_tokens_per_s", "train_tokens_per_s_fp32", "gen_tokens_per_s_cache", "gen_tokens_per_s_nocache",
+        "cold_start_s", "peak_rss_mb", "device", "dtype")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What one bench measures and for how long."""
+    train_model: GPTConfig      # the model whose training speed is measured
+    train_steps: int            # steps per timed round (the first third warms up, untimed)
+    train_rounds: int           # rounds of each precision, alternating
+    gen_model: GPTConfig        # the model that generates
+    gen_tokens: int             # new tokens per generation
+    gen_rounds: int
+    memory_iters: int           # steps of the `train` subprocess whose peak RSS is reported
+    cold_start: bool = True     # launch app.py (when there is one)
+
+
+FULL = Sizes(train_model=GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
+             train_steps=150, train_rounds=3,
+             gen_model=GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384),
+             gen_tokens=256, gen_rounds=2, memory_iters=100)
+QUICK = replace(FULL, train_steps=90, train_rounds=2, gen_rounds=1, memory_iters=30)
+
+
+# ---- measurements -------------------------------------------------------------------------------
+
+def _synthetic_ids(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def _char_tokenizer(vocab: int):
+    from .tokenizers import CharTokenizer
+    return CharTokenizer([chr(0x100 + i) for i in range(vocab)])  # any distinct characters will do
+
+
+def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int | None = None,
+                       device: str = "cpu") -> float:
+    """Training tokens/s of `train()` for `model` on random tokens, over the last two thirds of `steps`."""
+    from .train import Run, Step, train
+    cfg = TrainConfig(max_iters=steps, eval_interval=steps + 1, sample_every=0, device=device, dtype=dtype)
+    if batch_size is not None:
+        cfg.batch_size = batch_size
+    ids = _synthetic_ids(max(200_000, 4 * model.block_size * cfg.batch_size), model.vocab_size)
+    run = Run.create(replace(model), _char_tokenizer(model.vocab_size), Splits(train=ids, val=ids[:0]),
+                     device=device, dtype=dtype)
+    warm = max(1, steps // 3)
+    first = last = None
+    for ev in train(run, cfg):
+        if isinstance(ev, Step):
+            if ev.iter == warm:
+                first = ev
+            last = ev
+    if first is None or last is None or last.iter <= first.iter:
+        raise ValueError("too few training steps to time")
+    return (last.iter - first.iter) * cfg.batch_size * model.block_size / (last.elapsed - first.elapsed)
+
+
+def gen_tokens_per_s(model_cfg: GPTConfig, tokens: int, use_cache: bool, seed: int = 0) -> float:
+    """Tokens/s of `generate()` (temperature sampling) from a short prompt, random weights."""
+    from .generate import generate
+    from .model import build_model
+    torch.manual_seed(seed)
+    model = build_model(replace(model_cfg))
+    tokenizer = _char_tokenizer(model_cfg.vocab_size)
+    prompt = tokenizer.decode([1, 2, 3, 4, 5, 6, 7, 8][: model_cfg.block_size])
+    t0 = time.perf_counter()
+    n = sum(1 for _ in generate(model, tokenizer, prompt, tokens, seed=seed, use_cache=use_cache))
+    return n / (time.perf_counter() - t0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_cold_start(app: Path = ROOT / "app.py", timeout: float = 180.0) -> float | None:
+    """Seconds from launching `python app.py` until its port answers HTTP; None without app.py."""
+    if not app.exists():
+        return None
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(app)], cwd=app.parent, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - t0 < timeout and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                    return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.05)
+        return None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def train_peak_rss_mb(iters: int, extra: list[str] | None = None) -> float | None:
+    """Peak RSS (MB) of `python -m minigpt train` of the default model for `iters` steps: on Tiny
+    Shakespeare when it is in the data folder, else on a synthetic text of the same size."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = "shakespeare"
+        if not (data_dir() / "tinyshakespeare.txt").exists():
+            chars = _char_tokenizer(65).decode(_synthetic_ids(1_100_000, 65).tolist())
+            Path(tmp, "text.txt").write_text(chars, encoding="utf-8")
+            data = str(Path(tmp, "text.txt"))
+        cmd = [sys.executable, "-m", "minigpt", "train", "--data", data, "--max-iters", str(iters),
+               "--eval-interval", str(iters), "--out", str(Path(tmp, "m.safetensors")), "--log-json",
+               *(extra or [])]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            return None
+        return usage.ru_maxrss / 1024  # kilobytes on Linux
+
+
+def run_baseline(iters: int) -> dict | None:
+    """nanoGPT's CPU recipe (../shared/bench/nanogpt_cpu_recipe.py) for `iters` steps, when it is there."""
+    text = data_dir() / "tinyshakespeare.txt"
+    if not BASELINE_SCRIPT.exists() or not text.exists():
+        return None
+    r = subprocess.run([sys.executable, str(BASELINE_SCRIPT), str(text), "--iters", str(iters)],
+                       capture_output=True, text=True, timeout=1800)
+    lines = r.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if r.returncode == 0 and lines else None
+
+
+def measure(sizes: Sizes = FULL, baseline: bool = False, log=None) -> dict:
+    """Every figure of the bench, as a dict with the KEYS (and the baseline's, if asked)."""
+    log = log or (lambda msg: None)
+    device = "cpu"
+    fast = pick_precision(device, "auto", sizes.train_model.n_embd).dtype
+    out: dict = {"device": device, "dtype": fast, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "machine": platform.machine(), "batch_size": TrainConfig().batch_size}
+    if baseline:
+        log("baseline: nanoGPT's CPU recipe ...")
+        b = run_baseline(200 if sizes.train_rounds < 3 else 400)
+        out["baseline_tokens_per_s"] = b["tokens_per_s"] if b else None
+    log(f"training speed, {sizes.train_rounds} rounds of fp32 and {fast} ...")
+    speeds: dict[str, list[float]] = {"float32": [], fast: []}
+    for _ in range(sizes.train_rounds):
+        for dtype in speeds:
+            speeds[dtype].append(train_tokens_per_s(sizes.train_model, dtype, sizes.train_steps))
+    out["train_tokens_per_s_fp32"] = round(max(speeds["float32"]))
+    out["train_tokens_per_s"] = round(max(speeds[fast]))
+    if baseline:
+        b = out["baseline_tokens_per_s"]
+        out["train_speedup_vs_baseline"] = round(out["train_tokens_per_s"] / b, 2) if b else None
+    log("generation speed, with and without the KV cache ...")
+    gen: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(sizes.gen_rounds):
+        for cache in gen:
+            gen[cache].append(gen_tokens_per_s(sizes.gen_model, sizes.gen_tokens, cache))
+    out["gen_tokens_per_s_cache"] = round(max(gen[True]), 1)
+    out["gen_tokens_per_s_nocache"] = round(max(gen[False]), 1)
+    out["kv_cache_speedup"] = round(out["gen_tokens_per_s_cache"] / out["gen_tokens_per_s_nocache"], 1)
+    log("app cold start ...")
+    cold = app_cold_start() if sizes.cold_start else None
+    out["cold_start_s"] = round(cold, 2) if cold is not None else None
+    log("peak memory of a training run ...")
+    rss = train_peak_rss_mb(sizes.memory_iters) if sizes.memory_iters else None
+    out["peak_rss_mb"] = round(rss) if rss is not None else None
+    out["bench_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+# ---- output -------------------------------------------------------------------------------------
+
+def _num(value, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def table(r: dict, sizes: Sizes = FULL) -> str:
+    """The bench results as a Markdown table (what the README shows)."""
+    t, g = sizes.train_model, sizes.gen_model
+    shape = f"{t.n_layer}×{t.n_head}×{t.n_embd}, context {t.block_size}, batch {r['batch_size']}"
+    gshape = f"{g.n_layer}×{g.n_head}×{g.n_embd}, context {g.block_size}, {sizes.gen_tokens} tokens"
+    rows = [("training, fp32", shape, _num(r["train_tokens_per_s_fp32"], " tok/s")),
+            (f"training, fast path ({r['dtype']})", shape,
+             _num(r["train_tokens_per_s"], " tok/s") + f" ({r['train_tokens_per_s'] / r['train_tokens_per_s_fp32']:.1f}× fp32)")]
+    if "baseline_tokens_per_s" in r:
+        speedup = r.get("train_speedup_vs_baseline")
+        rows.append(("nanoGPT CPU recipe (fp32)", "4×4×128, context 64, batch 12",
+                     _num(r["baseline_tokens_per_s"], " tok/s") + (f" (fast path: {speedup}×)" if speedup else "")))
+    rows += [("generation, KV cache", gshape, _num(r["gen_tokens_per_s_cache"], " tok/s", 1)
+              + f" ({r['kv_cache_speedup']}× no cache)"),
+             ("generation, no cache", gshape, _num(r["gen_tokens_per_s_nocache"], " tok/s", 1)),
+             ("app cold start", "python app.py until the port answers", _num(r["cold_start_s"], " s", 1)),
+             ("peak RSS, training", "python -m minigpt train (default model)", _num(r["peak_rss_mb"], " MB"))]
+    lines = [f"minigpt bench: {r['device']} ({r['dtype']}), torch {r['torch']}, {r['threads']} threads", "",
+             "| measure | setting | result |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def register(subparsers):
+    p = subparsers.add_parser("bench", help="measure training and generation speed, app start and memory",
+                              description="Measure minigpt on this machine: training tokens/s (fp32 and the fast "
+                                          "path), generation tokens/s with and without the KV cache, the app's "
+                                          "cold start and the peak memory of a training run. "
+                                          "Example: python -m minigpt bench --quick")
+    p.add_argument("--quick", action="store_true", help="fewer rounds: about a minute")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object, last")
+    p.add_argument("--baseline", action="store_true",
+                   help="also time nanoGPT's CPU recipe (../shared/bench/nanogpt_cpu_recipe.py), for the ratio")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    sizes = QUICK if args.quick else FULL
+    results = measure(sizes, baseline=args.baseline, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(table(results, sizes))
+    if args.json:
+        print(json.dumps(results), flush=True)
+    return 0
