@@ -59,6 +59,7 @@ class TrainSpec:
     amount: float = 60          # how many of them
     eval_interval: int = 100    # steps between loss estimates (a sample every 2 evals)
     seed: int = 1337
+    sample_tokens: int = 200    # length of the samples shown while training
 
     def model_config(self, vocab_size: int, limits: Limits) -> GPTConfig:
         if self.model not in ("gpt", "bigram"):
@@ -88,7 +89,8 @@ class TrainSpec:
                           max_iters=iters, max_seconds=secs,
                           eval_interval=check_int("eval interval", self.eval_interval, 1, limits.max_iters),
                           warmup_iters=min(50, max(iters // 10, 1)),
-                          seed=check_int("seed", self.seed, 0, 2**31 - 1), sample_tokens=200)
+                          seed=check_int("seed", self.seed, 0, 2**31 - 1),
+                          sample_tokens=check_int("sample tokens", self.sample_tokens, 1, limits.max_new_tokens))
         cfg.min_lr = min(cfg.min_lr, cfg.lr / 10)
         return cfg.validate(limits)
 
@@ -210,11 +212,13 @@ def one_thread():
 class Playground:
     """The app's one engine: shipped model, data cache, sessions. Thread-safe."""
 
-    def __init__(self, limits: Limits | None = None, shipped_path: Path | str = SHIPPED, max_sessions: int = 16,
-                 idle_seconds: float = 2 * 3600, device: str | None = None):
+    def __init__(self, limits: Limits | None = None, shipped_path: Path | str = SHIPPED, max_sessions: int = 64,
+                 idle_seconds: float = 2 * 3600, device: str | None = None, max_resident_params: int | None = None):
         self.limits = limits or Limits.from_env()
         self.shipped_path = Path(shipped_path)
         self.max_sessions = max_sessions
+        # Models kept in memory across sessions (with AdamW, ~16 bytes a parameter): four of the largest allowed.
+        self.max_resident_params = max_resident_params or 4 * self.limits.max_params
         self.idle_seconds = idle_seconds
         self.device = pick_device(device)
         self.threads = torch.get_num_threads()  # what training uses (as the CLI does)
@@ -292,10 +296,11 @@ class Playground:
                 s = self._sessions[key] = Session(self, key)
             self._sessions.move_to_end(key)
             s.last_seen = now
+            resident = sum(v.resident_params() for v in self._sessions.values())
             for k in [k for k, v in self._sessions.items() if k != key and not v.training]:  # oldest first
-                if len(self._sessions) <= self.max_sessions:
+                if len(self._sessions) <= self.max_sessions and resident <= self.max_resident_params:
                     break
-                del self._sessions[k]
+                resident -= self._sessions.pop(k).resident_params()
         if now - self._last_sweep > 60:
             self.sweep(now)
         return s
@@ -355,11 +360,6 @@ class Playground:
                         memory_mb=train_memory_bytes(cfg, tcfg.batch_size) / 2**20, step_ms=step * 1000,
                         iters=iters, seconds=seconds, notes=notes)
 
-    def training_threads(self):
-        """Give the calling worker thread the full thread count (a fresh thread may have started at one)."""
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-
     def step_seconds(self, cfg: GPTConfig, batch_size: int) -> float:
         """Predicted seconds per training step: fixed overheads plus FLOPs at a rate, times the calibration."""
         flops = train_flops_per_token(cfg) * batch_size * cfg.block_size
@@ -407,6 +407,10 @@ class Session:
     def current(self) -> ModelRef:
         return self.owned if self.owned is not None else self.pg.shipped()
 
+    def resident_params(self) -> int:
+        """Parameters this session alone keeps in memory (0 while it uses the shared shipped model)."""
+        return self.owned.model.num_params() if self.owned is not None else 0
+
     def inference_model(self) -> ModelRef:
         """The current model, or a copy of it while it trains (generation flips eval mode; training must not see that)."""
         ref = self.current()
@@ -419,22 +423,25 @@ class Session:
         ref = self.current()
         model, cfg = ref.model, ref.model.config
         device = str(next(model.parameters()).device)
-        if self.run is not None and model is self.run.model:
-            precision = self.run.precision
-        else:
-            precision = pick_precision(device, "auto", cfg.n_embd if cfg.model == "gpt" else None)
+        # Training may use bf16 autocast; generation and the views always run the fp32 weights as they are.
+        training_dtype = self.run.precision.dtype if (self.run is not None and model is self.run.model) \
+            else ref.card.get("dtype")
         return {"source": ref.source, "config": cfg.to_dict(), "params": model.num_params(),
                 "tokenizer": ref.tokenizer.kind, "vocab_size": ref.tokenizer.vocab_size, "device": device,
-                "dtype": precision.dtype, "training": dict(ref.card), "training_now": self.training,
+                "dtype": "float32", "training_dtype": training_dtype, "training": dict(ref.card), "training_now": self.training,
                 "minigpt_version": __version__, "torch_version": torch.__version__}
 
     # -- training --
 
     def train(self, spec: TrainSpec, resume: bool = False, interval: float = 0.5):
-        """Train (a fresh run, or continue this session's run) and yield a TrainView at most every `interval` s.
+        """Train (a fresh run, or continue this session's run), yielding a TrainView every `interval` s.
 
-        Setup errors raise ValueError before anything changes. If the consumer stops early (the
-        browser's Stop cancels the request), the run is stopped and finished cleanly all the same.
+        The trainer runs in a thread of its own, exactly as the CLI runs it: the page only takes
+        snapshots of what its events say, so a slow browser never slows training, and the loop
+        stays on one thread for the whole run (torch's thread settings are per thread; a streamed
+        handler's chunks run on whichever worker thread is free). Setup errors raise ValueError
+        before anything changes. If the consumer stops early (the browser's Stop cancels the
+        request), the run is stopped and finished cleanly all the same.
         """
         limits = self.pg.limits
         if not self._train_lock.acquire(blocking=False):
@@ -453,26 +460,46 @@ class Session:
             self.version += 1
             view = self.view = TrainView(state="training", iter=run.iters, start_iter=run.iters,
                                          evals=[(e.iter, e.train_loss, e.val_loss) for e in run.history],
-                                         sample=self.view.sample if resume else "")
+                                         sample=self.view.sample if resume else "", message=self._shape_note(spec))
             steps = Thinned()
             for it, loss in (self._old_steps if resume else []):
                 steps.add((it, loss))
-            events = train(run, tcfg, self.stop_event, limits)
-            last = 0.0
+            lock, news, finished, failure = threading.Lock(), threading.Event(), threading.Event(), []
+
+            def work():
+                torch.set_num_threads(self.pg.threads)  # this thread's own setting, as in the CLI's main thread
+                try:
+                    for ev in train(run, tcfg, self.stop_event, limits):
+                        with lock:
+                            self._apply(view, ev, steps)
+                        if isinstance(ev, (Start, Sample, Done)):
+                            news.set()  # worth showing at once
+                except BaseException as e:  # handed to the consumer
+                    failure.append(e)
+                finally:
+                    finished.set()
+                    news.set()
+
+            worker = threading.Thread(target=work, name=f"minigpt-train-{self.key[:8]}", daemon=True)
+            worker.start()
+            interval = max(interval, 0.05)  # a busier loop here would take the GIL from the trainer
             try:
-                self.pg.training_threads()
-                for ev in events:
-                    self._apply(view, ev, steps)
-                    now = time.monotonic()
-                    if isinstance(ev, (Start, Done)) or now - last >= interval:
-                        last = now
-                        yield self._snapshot(view, steps)
-                        self.pg.training_threads()  # the next chunk may run on another worker thread
+                while not finished.is_set():
+                    news.wait(interval)
+                    news.clear()
+                    with lock:
+                        snap = self._snapshot(view, steps)
+                    if snap.state == "done" or finished.is_set():
+                        break  # the final view comes once, after the trainer has finished
+                    yield snap
+                worker.join()
+                if failure:
+                    raise failure[0]
+                yield self._snapshot(view, steps)
             finally:
-                if view.state == "training":  # closed early: finish the run so the model and card are whole
+                if worker.is_alive():  # closed early: stop, and let the run finish whole (model, card)
                     self.stop_event.set()
-                    for ev in events:
-                        self._apply(view, ev, steps)
+                    worker.join()
                 self._old_steps = list(steps.items)
                 self.view = self._snapshot(view, steps)
                 run.model.eval()  # inference mode between trainings (train() switches it back)
@@ -494,7 +521,7 @@ class Session:
         elif isinstance(ev, Sample):
             view.sample, view.sample_iter = ev.text, ev.iter
         elif isinstance(ev, Done):
-            view.state, view.reason, view.message = "done", ev.reason, ev.message
+            view.state, view.reason, view.message = "done", ev.reason, ev.message or view.message
             view.iter, view.final_val_loss = ev.iters, ev.final_val_loss
             view.progress = 1.0 if ev.reason in ("max_iters", "max_seconds", "target") else view.progress
             view.eta = 0.0
@@ -538,6 +565,19 @@ class Session:
         return Run(model=model, tokenizer=ref.tokenizer, splits=splits, precision=precision,
                    data_name=SHAKESPEARE if spec.data == SHAKESPEARE else "pasted text",
                    iters=int(ref.card.get("iters", 0) or 0), seconds=float(ref.card.get("seconds", 0) or 0))
+
+    def _shape_note(self, spec: TrainSpec) -> str:
+        """Continue keeps the model's shape: say so when the knobs now ask for another one."""
+        cfg = self.run.model.config if self.run is not None else None
+        if cfg is None or self.run.iters == 0:
+            return ""
+        knobs = (spec.model, spec.n_layer, spec.n_head, spec.n_embd, spec.block_size)
+        if cfg.model == "bigram":
+            same = spec.model == "bigram"
+        else:
+            same = knobs == (cfg.model, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size)
+        return "" if same else ("Continue keeps this model's shape and data; the shape knobs apply to the next "
+                                "Start.")
 
     @staticmethod
     def _check_length(splits, block: int):

@@ -31,7 +31,7 @@ def pg(shipped):
 
 def tiny_spec(text, **kw):
     base = dict(data="text", text=text, tokenizer="char", model="gpt", n_embd=16, n_head=2, n_layer=1, block_size=16,
-                batch_size=8, lr=3e-3, budget="iterations", amount=30, eval_interval=10, seed=1)
+                batch_size=8, lr=3e-3, budget="iterations", amount=30, eval_interval=10, seed=1, sample_tokens=20)
     base.update(kw)
     return TrainSpec(**base)
 
@@ -81,6 +81,17 @@ def test_sessions_are_separate_capped_and_swept(pg):
     assert small.drop("x") and s.stop_event.is_set() and not small.drop("x")
 
 
+def test_sessions_holding_big_models_are_evicted_first_by_memory(pg, small_text):
+    small = Playground(Limits(), shipped_path=pg.shipped_path, device="cpu")
+    old = small.session("old")
+    list(old.train(tiny_spec(small_text, amount=2), interval=0.0))
+    small.max_resident_params = int(1.5 * old.resident_params())  # room for one such model, not two
+    new = small.session("new")
+    list(new.train(tiny_spec(small_text, amount=2), interval=0.0))
+    small.session("visitor")  # the next look-up enforces the budget
+    assert "old" not in small and "new" in small
+
+
 def test_shipped_model_is_shared_and_read_only(pg):
     a, b = pg.session("a").current(), pg.session("b").current()
     assert a.model is b.model and a.shared
@@ -100,7 +111,7 @@ def test_train_streams_views_and_the_model_becomes_current(pg, small_text):
 
 def test_throttled_views(pg, small_text):
     s = pg.session("t")
-    views = list(s.train(tiny_spec(small_text, amount=20), interval=1e9))
+    views = list(s.train(tiny_spec(small_text, amount=20, eval_interval=1000), interval=1e9))
     assert [v.state for v in views] == ["training", "done"]  # Start, then Done only
 
 
@@ -120,8 +131,8 @@ def test_stop_halts_quickly_and_keeps_the_model_then_continue_resumes(pg, small_
     assert final.state == "done" and final.reason == "stopped" and final.iter >= 5
     stopped_at = final.iter
     assert s.info()["source"] == "trained in this session"
-    again = list(s.train(tiny_spec(small_text, amount=10), resume=True, interval=0.0))
-    assert again[-1].iter == stopped_at + 10
+    again = list(s.train(tiny_spec(small_text, amount=10, n_layer=3), resume=True, interval=0.0))
+    assert again[-1].iter == stopped_at + 10 and "keeps this model's shape" in again[-1].message
     assert again[0].steps, "Continue keeps the curve so far"
 
 
