@@ -50,7 +50,7 @@ STRATEGY_CHOICES = ("greedy", "multinomial", "low temperature", "high temperatur
 GUIDE = """Validation loss on Tiny Shakespeare with characters:
 - untrained: ln 65 ≈ **4.17** — every character equally likely
 - bigram baseline: stalls near **2.5** — it only sees the previous character
-- the default model for a minute on a laptop CPU: ≈ **2.0** (the shipped model, 150 s: 1.67)
+- the default model (4 × 128) for a minute on a laptop CPU: ≈ **1.8–2.0**, depending on the CPU
 - nanoGPT's CPU recipe (4 × 128, context 64, batch 12, 2000 iterations): ≈ **1.88–1.90**
 - 6 layers × 384, context 256, dropout 0.2, 5000 iterations on a GPU: ≈ **1.47**
 
@@ -358,9 +358,9 @@ def on_unload(request: gr.Request):
 def _device_line() -> str:
     dev = PLAYGROUND.device
     small, wide = pick_precision(dev, "auto", 128).dtype, pick_precision(dev, "auto", 384).dtype
-    dtype = small if small == wide else f"{small} (bf16 autocast from 256 wide)"
+    dtype = small if small == wide else f"{small} (bfloat16 from 256 wide)"
     import torch
-    return f"running on <b>{dev}</b> · {dtype} · torch {torch.__version__} · minigpt {__version__}"
+    return f"running on <b>{dev}</b> · training in {dtype} · torch {torch.__version__} · minigpt {__version__}"
 
 
 def build_train_tab():
