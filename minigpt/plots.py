@@ -330,7 +330,7 @@ def model_html(info: dict) -> str:
     busy = " · <b>training…</b>" if info.get("training_now") else ""
     return (f'<div class="mg-model">Current model: <b>{html.escape(info["source"])}</b> · {html.escape(shape)} · '
             f'{fmt_count(info["params"])} parameters · {html.escape(info["tokenizer"])} tokenizer '
-            f'({info["vocab_size"]:,} tokens){val} · {html.escape(info["device"])} ({html.escape(info["dtype"])}){busy}</div>')
+            f'({info["vocab_size"]:,} tokens){val} · {html.escape(info["device"])}{busy}</div>')
 
 
 def model_markdown(info: dict) -> str:
@@ -341,7 +341,7 @@ def model_markdown(info: dict) -> str:
                       f"{c['block_size']}, dropout {c['dropout']}" if c["model"] == "gpt" else "bigram (a vocab × vocab table)"),
             ("parameters", f"{info['params']:,}"),
             ("tokenizer", f"{info['tokenizer']} ({info['vocab_size']:,} tokens)"),
-            ("device", f"{info['device']} ({info['dtype']})")]
+            ("device", f"{info['device']} (inference in {info['dtype']})")]
     if t:
         val = t.get("val_loss")
         tc = t.get("train_config") or {}
