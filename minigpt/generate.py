@@ -69,9 +69,11 @@ def stream_ids(model, ids: list[int], max_new_tokens: int, sampling: SamplingCon
             logits = model(torch.tensor([seq], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1]
         else:
             logits = recompute()
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             tok = int(sample_next(logits[None], sampling, generator)[0])
             yield tok, logits
+            if i == max_new_tokens - 1:
+                break  # the last token's own logits would never be used
             seq.append(tok)
             if cache is not None and cache.room() > 0:
                 logits = model(torch.tensor([[tok]], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1]
