@@ -54,7 +54,8 @@ def add_train(sub):
     p.add_argument("--lr", type=float, default=t.lr, help=f"peak learning rate (default {t.lr})")
     p.add_argument("--min-lr", type=float, default=t.min_lr, help=f"final learning rate (default {t.min_lr})")
     p.add_argument("--warmup-iters", type=int, default=t.warmup_iters, help="warmup steps")
-    p.add_argument("--max-iters", type=int, default=t.max_iters, help=f"training steps (default {t.max_iters})")
+    p.add_argument("--max-iters", type=int, default=None,
+                   help=f"training steps (default {t.max_iters}; with --max-seconds, no step limit)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="time budget; the learning-rate schedule then follows the clock")
     p.add_argument("--target-val-loss", type=float, default=None,
@@ -137,6 +138,14 @@ def build_run(args, limits: Limits):
     return Run.create(cfg, tokenizer, splits, device=args.device, dtype=dtype, seed=args.seed, data_name=name)
 
 
+def _max_iters(args, limits: Limits) -> int:
+    """--max-iters, else the default; a time budget alone lifts the step limit (the clock decides)."""
+    if args.max_iters is not None:
+        return args.max_iters
+    from .train import TrainConfig
+    return limits.max_iters if args.max_seconds is not None else TrainConfig().max_iters
+
+
 def run_train(args) -> int:
     """`train` in this process, or under torchrun this process's part of a DDP job (minigpt/distributed.py)."""
     from .distributed import process_group
@@ -152,7 +161,7 @@ def _train(args, team) -> int:
     if team is not None:
         args.device = team.device  # cuda:<local rank>, or cpu
     cfg = TrainConfig(batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, min_lr=min(args.min_lr, args.lr),
-                      warmup_iters=args.warmup_iters, max_iters=args.max_iters, max_seconds=args.max_seconds,
+                      warmup_iters=args.warmup_iters, max_iters=_max_iters(args, limits), max_seconds=args.max_seconds,
                       target_val_loss=args.target_val_loss, eval_interval=args.eval_interval,
                       eval_iters=args.eval_iters, seed=args.seed, device=args.device,
                       dtype="float32" if args.fp32 else args.dtype)

@@ -73,3 +73,95 @@ def test_quick_sizes_measure_the_issue_models():
     assert (bench.FULL.gen_model.n_layer, bench.FULL.gen_model.n_embd, bench.FULL.gen_model.block_size) == (6, 384, 256)
     assert bench.QUICK == replace(bench.QUICK) and bench.QUICK.gen_tokens == 256
     assert Path(bench.ROOT, "minigpt", "bench.py").exists()
+
+
+# ---- the performance helpers the trainer uses -------------------------------------------------------
+
+def test_thread_tuner_keeps_the_faster_count_and_restores(monkeypatch):
+    from minigpt import device
+    clock = {"t": 0.0}
+    monkeypatch.setattr(device.time, "perf_counter", lambda: clock["t"])
+    calls = []
+    monkeypatch.setattr(device.torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(device.torch, "set_num_threads", lambda n: calls.append(n))
+    tuner = device.ThreadTuner(window=5, every=50)
+    cost = {4: 1.0, 2: 0.5}  # seconds per step: here half the threads run faster (a busy machine)
+    threads = 4
+    for _ in range(40):
+        clock["t"] += cost[threads]
+        tuner.tick()
+        threads = calls[-1] if calls else 4
+    assert calls == [2]  # probed half the threads once and kept them
+    tuner.restore()
+    assert calls == [2, 4]
+
+
+def test_thread_tuner_gives_up_a_slow_probe_early(monkeypatch):
+    from minigpt import device
+    clock = {"t": 0.0}
+    monkeypatch.setattr(device.time, "perf_counter", lambda: clock["t"])
+    calls = []
+    monkeypatch.setattr(device.torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(device.torch, "set_num_threads", lambda n: calls.append(n))
+    tuner = device.ThreadTuner(window=10, every=1000)
+    cost = {2: 0.1, 1: 5.0}
+    threads, probe_steps = 2, 0
+    for _ in range(40):
+        clock["t"] += cost[threads]
+        probe_steps += threads == 1
+        tuner.tick()
+        threads = calls[-1] if calls else 2
+    assert calls == [1, 2] and threads == 2
+    assert probe_steps <= 3  # not the whole window of 10 slow steps
+
+
+def test_one_thread_machine_needs_no_tuning(monkeypatch):
+    from minigpt import device
+    monkeypatch.setattr(device.torch, "get_num_threads", lambda: 1)
+    assert not device.ThreadTuner().active
+
+
+def test_target_plan_grows_as_the_target_falls():
+    from minigpt.train import PLAN_MARGIN, PLAN_TABLE, PLAN_TOKENS_PER_STEP, plan_iters
+    plans = [plan_iters(t) for t in (2.3, 2.0, 1.9, 1.8, 1.6, 1.5)]
+    assert plans == sorted(plans) and plans[0] >= 1
+    assert abs(plan_iters(1.9, 2 * PLAN_TOKENS_PER_STEP) - plan_iters(1.9) / 2) <= 1  # the same tokens
+    steps, loss = PLAN_TABLE[2]
+    assert abs(plan_iters(loss + PLAN_MARGIN) - steps) <= 1  # a schedule that ends a margin below
+
+
+def test_bf16_training_path_matches_fp32(tiny_gpt):
+    """Under CPU bf16 autocast a training step takes the explicit attention path; its loss and
+    gradients agree with the fp32 fused path to bf16 precision."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 40, (4, 16), generator=g), torch.randint(0, 40, (4, 16), generator=g)
+    ref = tiny_gpt(x, y)[1]
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in tiny_gpt.parameters()]
+    tiny_gpt.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = tiny_gpt(x, y)[1]
+    loss.backward()
+    assert abs(loss.item() - ref.item()) < 2e-2
+    for a, p in zip(ref_grads, tiny_gpt.parameters()):
+        assert torch.nn.functional.cosine_similarity(a.flatten(), p.grad.flatten(), dim=0) > 0.99
+
+
+def test_target_run_decays_over_its_plan_and_checks_near_its_end(small_text):
+    import torch
+
+    from minigpt.data import split_ids
+    from minigpt.tokenizers import CharTokenizer
+    from minigpt.train import Eval, Run, Step, TrainConfig, train
+    tok = CharTokenizer.from_text(small_text)
+    run = Run.create(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32), tok,
+                     split_ids(torch.tensor(tok.encode(small_text))), device="cpu", dtype="float32")
+    cfg = TrainConfig(max_iters=30, plan_iters=20, target_val_loss=0.01, eval_interval=100, eval_iters=1,
+                      warmup_iters=2, batch_size=4)
+    events = list(train(run, cfg))
+    lrs = {e.iter: e.lr for e in events if isinstance(e, Step)}
+    assert lrs[20] < 2 * cfg.min_lr and lrs[21] == lrs[30] == cfg.min_lr  # then min_lr to max_iters
+    assert lrs[10] > 10 * cfg.min_lr
+    assert [e.iter for e in events if isinstance(e, Eval)] == [16, 17, 18, 19, 20]  # the last 20% of the plan
+    assert events[-1].reason == "max_iters" and events[-1].final_val_loss > 0.01
