@@ -85,8 +85,8 @@ def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int
     warm = max(1, steps // 3)
     first = last = None
     for ev in train(run, cfg):
-        if isinstance(ev, Step):
-            if ev.iter == warm:
+        if isinstance(ev, Step):  # every step on a CPU, every 10th on a GPU
+            if first is None and ev.iter >= warm:
                 first = ev
             last = ev
     if first is None or last is None or last.iter <= first.iter:
@@ -94,12 +94,13 @@ def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int
     return (last.iter - first.iter) * cfg.batch_size * model.block_size / (last.elapsed - first.elapsed)
 
 
-def gen_tokens_per_s(model_cfg: GPTConfig, tokens: int, use_cache: bool, seed: int = 0) -> float:
-    """Tokens/s of `generate()` (temperature sampling) from a short prompt, random weights."""
+def gen_tokens_per_s(model_cfg: GPTConfig, tokens: int, use_cache: bool, seed: int = 0,
+                     device: str = "cpu") -> float:
+    """Tokens/s of `generate()` (temperature sampling) from the default start, random weights."""
     from .generate import generate
     from .model import build_model
     torch.manual_seed(seed)
-    model = build_model(replace(model_cfg))
+    model = build_model(replace(model_cfg)).to(device)
     tokenizer = _char_tokenizer(model_cfg.vocab_size)
     prompt = ""  # the default start: one token, as `sample` without --prompt
     t0 = time.perf_counter()
@@ -171,10 +172,11 @@ def run_baseline(iters: int) -> dict | None:
     return json.loads(lines[-1]) if r.returncode == 0 and lines else None
 
 
-def measure(sizes: Sizes = FULL, baseline: bool = False, log=None) -> dict:
+def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str = "cpu") -> dict:
     """Every figure of the bench, as a dict with the KEYS (and the baseline's, if asked)."""
+    from .device import pick_device
     log = log or (lambda msg: None)
-    device = "cpu"
+    device = pick_device(device)
     fast = pick_precision(device, "auto", sizes.train_model.n_embd).dtype
     out: dict = {"device": device, "dtype": fast, "torch": torch.__version__, "threads": torch.get_num_threads(),
                  "machine": platform.machine(), "batch_size": TrainConfig().batch_size}
@@ -186,7 +188,7 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None) -> dict:
     speeds: dict[str, list[float]] = {"float32": [], fast: []}
     for _ in range(sizes.train_rounds):
         for dtype in speeds:
-            speeds[dtype].append(train_tokens_per_s(sizes.train_model, dtype, sizes.train_steps))
+            speeds[dtype].append(train_tokens_per_s(sizes.train_model, dtype, sizes.train_steps, device=device))
     out["train_tokens_per_s_fp32"] = round(max(speeds["float32"]))
     out["train_tokens_per_s"] = round(max(speeds[fast]))
     if baseline:
@@ -196,7 +198,7 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None) -> dict:
     gen: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(sizes.gen_rounds):
         for cache in gen:
-            gen[cache].append(gen_tokens_per_s(sizes.gen_model, sizes.gen_tokens, cache))
+            gen[cache].append(gen_tokens_per_s(sizes.gen_model, sizes.gen_tokens, cache, device=device))
     out["gen_tokens_per_s_cache"] = round(max(gen[True]), 1)
     out["gen_tokens_per_s_nocache"] = round(max(gen[False]), 1)
     out["kv_cache_speedup"] = round(out["gen_tokens_per_s_cache"] / out["gen_tokens_per_s_nocache"], 1)
@@ -249,6 +251,7 @@ def register(subparsers):
                                           "Example: python -m minigpt bench --quick")
     p.add_argument("--quick", action="store_true", help="fewer rounds: about a minute")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object, last")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (the memory figure is the CLI's own)")
     p.add_argument("--baseline", action="store_true",
                    help="also time nanoGPT's CPU recipe (../shared/bench/nanogpt_cpu_recipe.py), for the ratio")
     p.set_defaults(func=run)
@@ -256,7 +259,8 @@ def register(subparsers):
 
 def run(args) -> int:
     sizes = QUICK if args.quick else FULL
-    results = measure(sizes, baseline=args.baseline, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    results = measure(sizes, baseline=args.baseline, log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                      device=args.device)
     print(table(results, sizes))
     if args.json:
         print(json.dumps(results), flush=True)

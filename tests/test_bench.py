@@ -18,7 +18,7 @@ TINY = bench.Sizes(train_model=GPTConfig(vocab_size=20, block_size=16, n_layer=1
 
 @pytest.fixture(scope="module")
 def results():
-    return bench.measure(TINY)
+    return bench.measure(TINY, device="cpu")
 
 
 def test_measure_reports_every_key(results):
