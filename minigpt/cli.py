@@ -59,7 +59,8 @@ def add_train(sub):
     p.add_argument("--max-seconds", type=float, default=None,
                    help="time budget; the learning-rate schedule then follows the clock")
     p.add_argument("--target-val-loss", type=float, default=None,
-                   help="stop as soon as the full validation loss reaches this")
+                   help="stop as soon as the full validation loss reaches this (the learning-rate "
+                        "schedule is then planned to reach it: see plan_iters in minigpt/train.py)")
     p.add_argument("--eval-interval", type=int, default=t.eval_interval, help="steps between loss estimates")
     p.add_argument("--eval-iters", type=int, default=t.eval_iters, help="batches per loss estimate")
     p.add_argument("--seed", type=int, default=t.seed, help="random seed (init and batches)")
