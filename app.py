@@ -26,10 +26,11 @@ import gradio as gr  # noqa: E402
 
 from minigpt import __version__, plots  # noqa: E402
 from minigpt.device import pick_precision  # noqa: E402
-from minigpt.limits import Limits  # noqa: E402
+from minigpt.limits import Limits, check_int, check_text  # noqa: E402
 from minigpt.sampling import STRATEGIES, SamplingConfig  # noqa: E402
 from minigpt.session import (Estimate, Playground, TrainSpec, TrainView, read_text_file,  # noqa: E402
                              sampling_columns, tokenize)
+from ui_inputs import CheckboxGroup, Dropdown, Number, Radio, Slider  # noqa: E402
 
 LIMITS = Limits.from_env()
 PLAYGROUND = Playground(LIMITS)  # the one registry of sessions (keyed by session hash) and the shared model
@@ -221,6 +222,7 @@ def compare_sampling(prompt, tokens, seed, strategies, low_t, high_t, top_k, top
                             low_t if "low temperature" in chosen else None,
                             high_t if "high temperature" in chosen else None,
                             top_k if "top-k" in chosen else None, top_p if "top-p" in chosen else None)
+    warn_long(s, prompt)
     columns = []
     for columns in s.compare(prompt, tokens, seed, cols, use_cache=bool(use_cache)):
         if not all(c["done"] for c in columns):
@@ -229,6 +231,12 @@ def compare_sampling(prompt, tokens, seed, strategies, low_t, high_t, top_k, top
     n = max(c["n"] for c in columns)
     yield (plots.compare_html(columns, colour), _summary(columns),
            gr.Dropdown(choices=names, value=names[0]), gr.Slider(maximum=n))
+
+
+def warn_long(s, prompt):
+    note = s.prompt_note(check_text("prompt", prompt, LIMITS.max_prompt_chars))
+    if note:
+        gr.Warning(note)
 
 
 def recolour(colour, request: gr.Request):
@@ -253,6 +261,7 @@ def generate(prompt, tokens, strategy, temperature, top_k, top_p, seed, use_cach
     s = session_of(request)
     sampling = SamplingConfig(strategy, temperature if temperature else 1.0, int(top_k) if top_k else None,
                               top_p if top_p and top_p < 1 else None)
+    warn_long(s, prompt)
     stats = {}
     for text, stats in s.generate(prompt, tokens, sampling, seed, use_cache=bool(use_cache)):
         if not stats["done"]:
@@ -273,15 +282,14 @@ def attention(text, layer, head, request: gr.Request):
     """Attention weights of the current model for `text` (empty: the last prompt), one head or all."""
     s = session_of(request)
     a = s.attention(text)
-    layer = int(layer) if layer not in (None, "") else 0
-    if not 0 <= layer < a["n_layer"]:
-        raise ValueError(f"layer must be between 0 and {a['n_layer'] - 1}")
+    layer = check_int("layer", layer if layer not in (None, "") else 0, 0, a["n_layer"] - 1)
     if head in (None, "", "all"):
         fig = plots.attention_grid(a["tokens"], a["weights"][layer], layer)
     else:
-        h = int(head)
-        if not 0 <= h < a["n_head"]:
-            raise ValueError(f"head must be 'all' or between 0 and {a['n_head'] - 1}")
+        try:
+            h = check_int("head", head, 0, a["n_head"] - 1)
+        except ValueError:
+            raise ValueError(f"head must be 'all' or between 0 and {a['n_head'] - 1}, got {head!r}") from None
         fig = plots.attention_figure(a["tokens"], a["weights"][layer, h], layer, h)
     note = f"{len(a['tokens'])} tokens"
     if a["cropped"]:
@@ -304,10 +312,9 @@ def attention_choices(request: gr.Request):
 @user_errors
 def tokenize_text(text):
     """The text split by the char tokenizer (Tiny Shakespeare's 65 symbols) and by GPT-2 BPE (50,257)."""
-    if text is not None and len(text) > 100_000:
-        raise ValueError("the tokenizer view takes at most 100,000 characters")
+    text = check_text("text", text, LIMITS.max_prompt_chars)
     vocab = "".join(sorted(set(PLAYGROUND.shakespeare())))
-    r = tokenize(text or "", vocab)
+    r = tokenize(text, vocab)
     ids = {"char": {"count": r["char"]["count"], "vocab_size": r["char"]["vocab_size"],
                     "ids": [i for _, i in r["char"]["tokens"]]},
            "gpt2": {"count": r["gpt2"]["count"], "vocab_size": r["gpt2"]["vocab_size"],
@@ -366,34 +373,34 @@ def _device_line() -> str:
 def build_train_tab():
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
-            data = gr.Radio([("Tiny Shakespeare", "shakespeare"), ("Paste text", "paste"), ("Upload .txt", "upload")],
+            data = Radio([("Tiny Shakespeare", "shakespeare"), ("Paste text", "paste"), ("Upload .txt", "upload")],
                             value="shakespeare", label="Data")
             text = gr.Textbox(label="Your text", lines=4, max_lines=8, visible=False,
                               placeholder="Paste a few kilobytes of text or more…")
             upload = gr.File(label=f"UTF-8 text file (max {LIMITS.max_upload_mb:g} MB)", file_types=[".txt"],
                              type="filepath", visible=False, height=120)
             with gr.Row():
-                tokenizer = gr.Radio([("characters", "char"), ("GPT-2 BPE", "gpt2")], value="char", label="Tokenizer")
-                model = gr.Radio([("GPT", "gpt"), ("bigram", "bigram")], value="gpt", label="Model")
-            preset = gr.Dropdown(list(PRESETS), value="Default: 4 layers × 128, 60 s", label="Preset")
+                tokenizer = Radio([("characters", "char"), ("GPT-2 BPE", "gpt2")], value="char", label="Tokenizer")
+                model = Radio([("GPT", "gpt"), ("bigram", "bigram")], value="gpt", label="Model")
+            preset = Dropdown(list(PRESETS), value="Default: 4 layers × 128, 60 s", label="Preset")
             with gr.Row():
-                n_embd = gr.Slider(16, LIMITS.max_embd, value=128, step=16, label="embedding size", elem_id="n-embd")
-                n_head = gr.Slider(1, LIMITS.max_heads, value=4, step=1, label="heads", elem_id="n-head")
+                n_embd = Slider(16, LIMITS.max_embd, value=128, step=16, label="embedding size", elem_id="n-embd")
+                n_head = Slider(1, LIMITS.max_heads, value=4, step=1, label="heads", elem_id="n-head")
             with gr.Row():
-                n_layer = gr.Slider(1, LIMITS.max_layers, value=4, step=1, label="layers", elem_id="n-layer")
-                block_size = gr.Slider(8, LIMITS.max_context, value=64, step=8, label="context length",
+                n_layer = Slider(1, LIMITS.max_layers, value=4, step=1, label="layers", elem_id="n-layer")
+                block_size = Slider(8, LIMITS.max_context, value=64, step=8, label="context length",
                                        elem_id="block-size")
             with gr.Row():
-                dropout = gr.Slider(0.0, 0.5, value=0.0, step=0.05, label="dropout", elem_id="dropout")
-                batch_size = gr.Slider(1, LIMITS.max_batch, value=16, step=1, label="batch size", elem_id="batch-size")
+                dropout = Slider(0.0, 0.5, value=0.0, step=0.05, label="dropout", elem_id="dropout")
+                batch_size = Slider(1, LIMITS.max_batch, value=16, step=1, label="batch size", elem_id="batch-size")
             with gr.Row():
-                lr = gr.Number(3e-3, label="learning rate", minimum=1e-6, maximum=1.0, step=1e-4, elem_id="lr")
-                budget = gr.Radio(["seconds", "iterations"], value="seconds", label="Budget in")
-                amount = gr.Number(60, label="budget", minimum=1, precision=0, elem_id="amount")
+                lr = Number(3e-3, label="learning rate", minimum=1e-6, maximum=1.0, step=1e-4, elem_id="lr")
+                budget = Radio(["seconds", "iterations"], value="seconds", label="Budget in")
+                amount = Number(60, label="budget", minimum=1, precision=0, elem_id="amount")
             with gr.Row():
-                eval_interval = gr.Slider(10, 1000, value=100, step=10, label="evaluate every … steps",
+                eval_interval = Slider(10, 1000, value=100, step=10, label="evaluate every … steps",
                                           elem_id="eval-interval")
-                seed = gr.Number(1337, label="seed", precision=0, minimum=0)
+                seed = Number(1337, label="seed", precision=0, minimum=0)
             gr.Markdown(f"<span class='mg-muted'>Limits here: ≤ {LIMITS.max_params / 1e6:g} M parameters, "
                         f"≤ {LIMITS.max_train_seconds:g} s a run, {LIMITS.max_training_jobs} training job(s) at "
                         f"once; set with the MINIGPT_MAX_* variables (see below).</span>")
@@ -429,34 +436,34 @@ def build_train_tab():
 def build_generate_tab():
     with gr.Row():
         prompt = gr.Textbox("ROMEO:", label="Prompt", lines=2, max_lines=4, scale=4, elem_id="prompt")
-        tokens = gr.Slider(1, LIMITS.max_new_tokens, value=200, step=1, label="tokens", scale=2)
-        seed = gr.Number(1337, label="seed", precision=0, minimum=0, scale=1, min_width=100)
+        tokens = Slider(1, LIMITS.max_new_tokens, value=200, step=1, label="tokens", scale=2)
+        seed = Number(1337, label="seed", precision=0, minimum=0, scale=1, min_width=100)
         compare_btn = gr.Button("Compare", variant="primary", scale=1, min_width=120, elem_id="compare-btn")
     with gr.Row(equal_height=True):
-        strategies = gr.CheckboxGroup(list(STRATEGY_CHOICES), value=list(STRATEGY_CHOICES[:4]), label="Strategies",
+        strategies = CheckboxGroup(list(STRATEGY_CHOICES), value=list(STRATEGY_CHOICES[:4]), label="Strategies",
                                       scale=3, elem_id="strategies")
         colour = gr.Checkbox(True, label="colour tokens by probability", scale=1)
         use_cache = gr.Checkbox(True, label="KV cache", scale=1, min_width=100)
     with gr.Row():
-        low_t = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="low T")
-        high_t = gr.Slider(1.0, 5.0, value=2.0, step=0.1, label="high T")
-        top_k = gr.Slider(1, 100, value=10, step=1, label="k (top-k)")
-        top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="p (top-p)")
+        low_t = Slider(0.05, 1.0, value=0.5, step=0.05, label="low T")
+        high_t = Slider(1.0, 5.0, value=2.0, step=0.1, label="high T")
+        top_k = Slider(1, 100, value=10, step=1, label="k (top-k)")
+        top_p = Slider(0.05, 1.0, value=0.9, step=0.05, label="p (top-p)")
     out = gr.HTML(plots.compare_html([]), elem_id="compare-out")
     with gr.Accordion("Numbers (JSON)", open=False):
         summary = gr.JSON(label="comparison")
     gr.Markdown("### Next-token distribution at one step")
     with gr.Row():
-        column = gr.Dropdown([], label="strategy", scale=2, allow_custom_value=True)
-        step = gr.Slider(1, 200, value=1, step=1, label="step", scale=3)
+        column = Dropdown([], label="strategy", scale=2, allow_custom_value=True)
+        step = Slider(1, 200, value=1, step=1, label="step", scale=3)
     nt_note = gr.Markdown()
     nt_plot = gr.Plot(label="next-token distribution", show_label=False, elem_id="next-token-plot")
     with gr.Accordion("Generate one text — and what the KV cache buys", open=False):
         with gr.Row(equal_height=True):
-            strategy = gr.Dropdown(list(STRATEGIES), value="temperature", label="strategy", min_width=140)
-            temperature = gr.Slider(0.05, 5.0, value=0.8, step=0.05, label="temperature", min_width=140)
-            one_k = gr.Number(0, label="top-k (0 = off)", precision=0, minimum=0, min_width=100)
-            one_p = gr.Number(1.0, label="top-p (1 = off)", minimum=0.01, maximum=1.0, min_width=100)
+            strategy = Dropdown(list(STRATEGIES), value="temperature", label="strategy", min_width=140)
+            temperature = Slider(0.05, 5.0, value=0.8, step=0.05, label="temperature", min_width=140)
+            one_k = Number(0, label="top-k (0 = off)", precision=0, minimum=0, min_width=100)
+            one_p = Number(1.0, label="top-p (1 = off)", minimum=0.01, maximum=1.0, min_width=100)
             gen_btn = gr.Button("Generate", min_width=100, elem_id="generate-btn")
         gen_out = gr.Textbox(label="Text", lines=6, max_lines=10, interactive=False)
         gen_stats = gr.Markdown("Switch **KV cache** (above) on and off and generate again to compare speeds.")
@@ -473,8 +480,8 @@ def build_attention_tab():
         text = gr.Textbox(label="Text (empty: the last prompt)", lines=2, scale=4,
                           value="ROMEO:\nBut soft, what light through yonder window breaks?")
         # Choices follow the current model (refreshed when the tab opens); the handler checks the range.
-        layer = gr.Dropdown([("layer 0", 0)], value=0, label="layer", scale=1, allow_custom_value=True)
-        head = gr.Dropdown([("all heads", "all")], value="all", label="head", scale=1, allow_custom_value=True)
+        layer = Dropdown([("layer 0", 0)], value=0, label="layer", scale=1, allow_custom_value=True)
+        head = Dropdown([("all heads", "all")], value="all", label="head", scale=1, allow_custom_value=True)
         btn = gr.Button("Show attention", variant="primary", scale=1, elem_id="attention-btn")
     note = gr.Markdown("Rows are the tokens looking (queries), columns the tokens looked at (keys). "
                        "A token may only attend to itself and earlier tokens: the hatched triangle is masked out.")

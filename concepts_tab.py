@@ -15,6 +15,7 @@ import gradio as gr
 
 from minigpt import experiment_plots as P
 from minigpt import experiments as E
+from ui_inputs import CheckboxGroup, Dropdown, Number, Slider
 
 EVENT = dict(show_progress="minimal", trigger_mode="always_last", concurrency_limit=2, concurrency_id="concepts")
 
@@ -48,17 +49,17 @@ def norm_compare(batch, features, shift, scale, feature_spread, bn_updates, seed
 
 def _slider(knobs: dict, name: str, label: str, step=None):
     k = knobs[name]
-    return gr.Slider(k.lo, k.hi, value=k.default, step=step or 1, label=label, info=k.help)
+    return Slider(k.lo, k.hi, value=k.default, step=step or 1, label=label, info=k.help)
 
 
 def _number(knobs: dict, name: str, label: str):
     k = knobs[name]
-    return gr.Number(k.default, label=label, info=f"{k.help} ({k.lo:g} to {k.hi:g})", minimum=k.lo, maximum=k.hi,
+    return Number(k.default, label=label, info=f"{k.help} ({k.lo:g} to {k.hi:g})", minimum=k.lo, maximum=k.hi,
                      precision=0 if k.integer else None, step=k.lo if not k.integer else 1)
 
 
 def _seed():
-    return gr.Number(E.SEED.default, label="seed", precision=0, minimum=E.SEED.lo, maximum=E.SEED.hi)
+    return Number(E.SEED.default, label="seed", precision=0, minimum=E.SEED.lo, maximum=E.SEED.hi)
 
 
 def _figures(kind: str, numbers_open: bool = False, code=()):
@@ -100,7 +101,7 @@ def build_concepts_tab():
                         "unit-variance entries, score them with and without the 1/√d, and watch softmax.")
             with gr.Row():
                 with gr.Column(scale=1, min_width=260):
-                    dims = gr.CheckboxGroup(list(E.DIM_CHOICES), value=list(E.DEFAULT_DIMS),
+                    dims = CheckboxGroup(list(E.DIM_CHOICES), value=list(E.DEFAULT_DIMS),
                                             label="head dimensions d")
                     seq_len = _slider(S, "seq_len", "T (keys per softmax row)")
                     pairs = _slider(S, "pairs", "random q, k pairs per d", step=100)
@@ -122,9 +123,9 @@ def build_concepts_tab():
                 with gr.Column(scale=1, min_width=260):
                     depth = _slider(G, "depth", "depth")
                     width = _slider(G, "width", "width")
-                    activations = gr.CheckboxGroup(list(E.ACTIVATIONS), value=list(E.DEFAULT_ACTIVATIONS),
+                    activations = CheckboxGroup(list(E.ACTIVATIONS), value=list(E.DEFAULT_ACTIVATIONS),
                                                    label="activations (one line each)")
-                    init = gr.Dropdown(list(E.INITS), value="default", label="weight init",
+                    init = Dropdown(list(E.INITS), value="default", label="weight init",
                                        info="; ".join(f"{k}: {v}" for k, v in E.INITS.items()))
                     residual = gr.Checkbox(False, label="residual connections (x + f(x))")
                     layernorm = gr.Checkbox(False, label="LayerNorm before each layer")

@@ -242,12 +242,13 @@ def add_sample(sub):
 def run_sample(args) -> int:
     from .checkpoint import load_checkpoint
     from .device import pick_device
-    from .generate import generate
+    from .generate import generate, start_ids
     from .limits import check_int
     from .sampling import SamplingConfig
 
     limits = Limits.from_env()
     n = check_int("--tokens", args.tokens, 1, limits.max_new_tokens)
+    check_int("--seed", args.seed, 0, 2**63 - 1)
     sampling = SamplingConfig(args.strategy, args.temperature, args.top_k, args.top_p).validate()
     ck = load_checkpoint(args.checkpoint, device=pick_device(args.device))
     steps = generate(ck.model, ck.tokenizer, args.prompt, n, sampling, seed=args.seed, use_cache=not args.no_cache)
@@ -262,6 +263,10 @@ def run_sample(args) -> int:
     sys.stdout.write("\n")
     print(f"[{count} tokens, {count / (time.perf_counter() - t0):.0f} tokens/s, "
           f"{'no cache' if args.no_cache else 'kv cache'}]", file=sys.stderr)
+    n_prompt, block = len(start_ids(ck.tokenizer, args.prompt)), ck.model.config.block_size
+    if n_prompt > block:
+        print(f"[the prompt is {n_prompt} tokens long and the context is {block}: the model saw only its last "
+              f"{block}]", file=sys.stderr)
     return 0
 
 

@@ -37,6 +37,7 @@ class Limits:
     max_new_tokens: int = 2000         # generated tokens per request
     max_training_jobs: int = 1         # concurrent training runs in one app process
     max_upload_mb: float = 10.0        # uploaded text or checkpoint
+    max_prompt_chars: int = 100_000    # a prompt, or text to tokenize or look at
 
     ENV = {
         "max_params": "MINIGPT_MAX_PARAMS",
@@ -51,6 +52,7 @@ class Limits:
         "max_new_tokens": "MINIGPT_MAX_NEW_TOKENS",
         "max_training_jobs": "MINIGPT_MAX_TRAINING_JOBS",
         "max_upload_mb": "MINIGPT_MAX_UPLOAD_MB",
+        "max_prompt_chars": "MINIGPT_MAX_PROMPT_CHARS",
     }
 
     @classmethod
@@ -105,3 +107,14 @@ def check_float(name: str, value, lo: float, hi: float, *, lo_open: bool = False
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
         raise ValueError(f"{name} must be in {left}{lo}, {hi}{right}, got {fvalue:g}")
     return fvalue
+
+
+def check_text(name: str, text, max_chars: int) -> str:
+    """Return text ('' for None) if it is a string of at most max_chars characters, else a ValueError."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be text, got {type(text).__name__}")
+    if len(text) > max_chars:
+        raise ValueError(f"{name} is {len(text):,} characters long; the limit is {max_chars:,} (MINIGPT_MAX_PROMPT_CHARS)")
+    return text

@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, decode_text, load_text, split_ids
 from .device import pick_device, pick_precision
 from .generate import generate, perplexity, start_ids
-from .limits import Limits, check_float, check_int
+from .limits import Limits, check_float, check_int, check_text
 from .model import GPT, GPTConfig, estimate_params
 from .sampling import SamplingConfig
 from .tokenizers import BPETokenizer, CharTokenizer, build_tokenizer
@@ -642,6 +642,7 @@ class Session:
         """Stream (text so far, stats) for one strategy; records tokens/s for the cache on/off read-out."""
         n = check_int("tokens", tokens, 1, self.pg.limits.max_new_tokens)
         seed = check_int("seed", seed, 0, 2**63 - 1)
+        prompt = check_text("prompt", prompt, self.pg.limits.max_prompt_chars)
         ref = self.inference_model()
         steps = generate(ref.model, ref.tokenizer, prompt or "", n, sampling.validate(), seed=seed,
                          use_cache=bool(use_cache), top_n=1)
@@ -666,6 +667,14 @@ class Session:
         self.cache_speed["on" if use_cache else "off"] = stats["tokens_per_s"]
         yield text, stats
 
+    def prompt_note(self, prompt: str) -> str | None:
+        """A sentence when the prompt is longer than the model's context (generation keeps only its end)."""
+        ref = self.current()
+        n, block = len(start_ids(ref.tokenizer, prompt or "")), ref.model.config.block_size
+        if n <= block:
+            return None
+        return f"The prompt is {n} tokens long and the model's context is {block}: it sees only the last {block}."
+
     def _gen_stats(self, steps, seconds, use_cache, final):
         mean_ll, ppl = perplexity(steps)
         return {"tokens": len(steps), "seconds": round(seconds, 3), "tokens_per_s": len(steps) / max(seconds, 1e-9),
@@ -684,8 +693,8 @@ class Session:
             raise ValueError("choose at least one sampling strategy")
         if len({name for name, _ in strategies}) != len(strategies):
             raise ValueError("strategy names must be distinct")
+        prompt = check_text("prompt", prompt, self.pg.limits.max_prompt_chars)
         ref = self.inference_model()
-        prompt = prompt or ""
         prompt_ids = start_ids(ref.tokenizer, prompt)  # fails here on unknown characters, before any output
         self.last_prompt = prompt
         cols, iters = [], []
@@ -779,7 +788,8 @@ class Session:
         model, tok = ref.model, ref.tokenizer
         if not isinstance(model, GPT):
             raise ValueError("the bigram model has no attention: each token looks only at itself. Train or load a GPT")
-        text = text if text and text.strip() else (self.last_prompt or "ROMEO:\nBut soft, what light")
+        text = check_text("text", text, self.pg.limits.max_prompt_chars)
+        text = text if text.strip() else (self.last_prompt or "ROMEO:\nBut soft, what light")
         ids = tok.encode(text)
         if not ids:
             raise ValueError("enter some text to look at")

@@ -1,12 +1,16 @@
 """Shared test set-up: the data directory, tiny models and texts."""
 
 import os
+import socket
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # app.py, concepts_tab.py, ui_inputs.py live at the top level
 os.environ.setdefault("MINIGPT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -24,3 +28,36 @@ def tiny_gpt():
     from minigpt.model import GPT, GPTConfig
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout=60.0, every=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(every)
+    return False
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """The playground launched once, in-process, on 127.0.0.1: (the app module, its URL)."""
+    old = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
+    os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "1"  # so a closed client's session is freed within seconds
+    import app
+    _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                quiet=True, **app.launch_kwargs())
+    try:
+        yield app, url
+    finally:
+        app.demo.close()
+        if old is None:
+            os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
+        else:
+            os.environ["GRADIO_HEARTBEAT_INTERVAL"] = old

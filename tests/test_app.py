@@ -1,18 +1,13 @@
 """The page's API, end to end: the app launched in-process on 127.0.0.1 and driven with gradio_client."""
 
-import os
-import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
+from conftest import wait_for
 
 TINY = dict(data="shakespeare", text="", upload=None, tokenizer="char", model="gpt", n_embd=32, n_head=2, n_layer=2,
             block_size=32, dropout=0.0, batch_size=16, lr=3e-3, budget="seconds", amount=60, eval_interval=10, seed=1)
@@ -23,27 +18,9 @@ ENDPOINTS = {"/train", "/stop", "/continue_training", "/reset", "/save", "/estim
              "/next_token_distribution", "/attention", "/tokenize", "/load_checkpoint", "/load_shipped", "/model_info"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server():
-    old = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
-    os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "1"  # so a closed client's session is freed within seconds
-    import app
-    _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                                quiet=True, **app.launch_kwargs())
-    try:
-        yield app, url
-    finally:
-        app.demo.close()
-        if old is None:
-            os.environ.pop("GRADIO_HEARTBEAT_INTERVAL", None)
-        else:
-            os.environ["GRADIO_HEARTBEAT_INTERVAL"] = old
+def server(app_server):
+    return app_server
 
 
 @pytest.fixture
@@ -51,15 +28,6 @@ def client(server, tmp_path):
     c = Client(server[1], verbose=False, download_files=str(tmp_path))
     yield c
     c.close()
-
-
-def wait_for(cond, timeout=60.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(every)
-    return False
 
 
 def test_every_action_has_a_named_endpoint(client):

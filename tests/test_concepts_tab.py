@@ -62,5 +62,5 @@ def test_norm_endpoint_batch_of_one(client):
 def test_out_of_range_is_a_clear_error(client):
     with pytest.raises(Exception, match="example_logits"):
         client.predict([4], 32, 500, 8.0, "0.1, oops", 0, api_name="/softmax_scaling")
-    with pytest.raises(Exception, match="maximum value 50"):  # Gradio's own slider check comes first
+    with pytest.raises(Exception, match="depth must be between 1 and 50, got 99"):  # the slider check names the knob
         client.predict(99, 16, ["relu"], "default", False, False, 1.5, 1.0, 0.05, 4, 0, api_name="/gradient_flow")

@@ -167,6 +167,42 @@ def test_bad_training_input_leaves_the_model_alone(pg, small_text):
     assert s.current().model is model and not s.training
 
 
+def test_reset_and_drop_free_the_model_and_its_run(pg, small_text):
+    import gc
+    import weakref
+    s = pg.session("free")
+    list(s.train(tiny_spec(small_text, amount=5), interval=0.0))
+    model, run = weakref.ref(s.current().model), weakref.ref(s.run)
+    s.reset()
+    gc.collect()
+    assert model() is None and run() is None, "reset must not keep the old model or run alive"
+    list(s.train(tiny_spec(small_text, amount=5), interval=0.0))
+    model = weakref.ref(s.current().model)
+    del s
+    assert pg.drop("free")
+    gc.collect()
+    assert model() is None, "a closed session's model must be freed"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_train_reset_cycles_do_not_grow_memory(pg, small_text):
+    """Each cycle makes a ~0.8M-parameter model and its Adam state (~10 MB); a leak would add that per cycle."""
+    import gc
+    s = pg.session("cycles")
+    spec = tiny_spec(small_text * 4, n_embd=128, n_head=4, n_layer=4, block_size=32, amount=3, eval_interval=1000)
+    sizes = []
+    for _ in range(10):
+        list(s.train(spec, interval=1e9))
+        s.reset()
+        gc.collect()
+        sizes.append(rss_mb())
+    assert sizes[-1] - sizes[2] < 25, f"RSS after each train/reset cycle (MB): {[round(x) for x in sizes]}"
+
+
 def test_continue_from_the_shipped_model_fine_tunes_a_copy(pg, small_text):
     s = pg.session("ft")
     shipped = pg.shipped().model
