@@ -30,15 +30,17 @@ from minigpt.limits import Limits, check_int, check_text  # noqa: E402
 from minigpt.sampling import STRATEGIES, SamplingConfig  # noqa: E402
 from minigpt.session import (Estimate, Playground, TrainSpec, TrainView, read_text_file,  # noqa: E402
                              sampling_columns, tokenize)
+from minigpt.train import TrainConfig  # noqa: E402
 from ui_inputs import CheckboxGroup, Dropdown, Number, Radio, Slider  # noqa: E402
 
 LIMITS = Limits.from_env()
 PLAYGROUND = Playground(LIMITS)  # the one registry of sessions (keyed by session hash) and the shared model
 SAVE_ROOT = Path(tempfile.gettempdir()) / "minigpt-app"
 
+RECIPE = TrainConfig()  # the library's defaults: the page starts from the same recipe as the CLI
 PRESETS = {  # name -> knob values (n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model)
-    "Quick demo: 2 layers × 64, 30 s": (64, 4, 2, 32, 0.0, 16, 3e-3, "seconds", 30, "gpt"),
-    "Default: 4 layers × 128, 60 s": (128, 4, 4, 64, 0.0, 16, 3e-3, "seconds", 60, "gpt"),
+    "Quick demo: 2 layers × 64, 30 s": (64, 4, 2, 32, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 30, "gpt"),
+    "Default: 4 layers × 128, 60 s": (128, 4, 4, 64, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 60, "gpt"),
     "nanoGPT CPU recipe (val ≈ 1.88)": (128, 4, 4, 64, 0.0, 12, 1e-3, "iterations", 2000, "gpt"),
     "GPU: 6 layers × 384 (val ≈ 1.47)": (384, 6, 6, 256, 0.2, 64, 1e-3, "iterations", 5000, "gpt"),
     "Bigram baseline (val ≈ 2.5)": (128, 4, 4, 64, 0.0, 32, 1e-2, "iterations", 2000, "bigram"),
@@ -392,9 +394,9 @@ def build_train_tab():
                                        elem_id="block-size")
             with gr.Row():
                 dropout = Slider(0.0, 0.5, value=0.0, step=0.05, label="dropout", elem_id="dropout")
-                batch_size = Slider(1, LIMITS.max_batch, value=16, step=1, label="batch size", elem_id="batch-size")
+                batch_size = Slider(1, LIMITS.max_batch, value=RECIPE.batch_size, step=1, label="batch size", elem_id="batch-size")
             with gr.Row():
-                lr = Number(3e-3, label="learning rate", minimum=1e-6, maximum=1.0, step=1e-4, elem_id="lr")
+                lr = Number(RECIPE.lr, label="learning rate", minimum=1e-6, maximum=1.0, step=1e-4, elem_id="lr")
                 budget = Radio(["seconds", "iterations"], value="seconds", label="Budget in")
                 amount = Number(60, label="budget", minimum=1, precision=0, elem_id="amount")
             with gr.Row():

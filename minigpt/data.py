@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -29,15 +30,17 @@ def data_dir() -> Path:
     return Path(os.environ.get("MINIGPT_DATA_DIR") or Path.home() / ".cache" / "minigpt").expanduser()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, rename: old file or new, never half."""
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A file object whose contents appear at `path` only if the block ends without an error:
+    written to a temporary file in the same folder, fsynced, renamed. Old file or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a checkpoint is an ordinary readable file
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +48,12 @@ def atomic_write(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see atomic_file)."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def download(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> Path:

@@ -16,9 +16,7 @@ TITLE, LABEL, TICK = 12, 11, 10
 
 
 def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **share):
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no matplotlib.use(): see minigpt/plots.py
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, **share).ravel().tolist()
     for ax in axes:

@@ -17,8 +17,8 @@ CHUNK_COLOURS = ("#dbeafe", "#fce7f3", "#dcfce7", "#fef3c7", "#ede9fe", "#ffedd5
 
 
 def _figure(width: float, height: float):
-    import matplotlib
-    matplotlib.use("Agg")  # no display in a server; pyplot is never used (its figure registry is not thread-safe)
+    # A bare Figure needs no backend: savefig picks Agg's canvas for png/webp. Never matplotlib.use()
+    # here: in a server it can meet pyplot half-imported by another thread (Gradio imports it lazily).
     from matplotlib.figure import Figure
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     return fig

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .data import TRAIN_FRACTION, DataError, Splits, atomic_write
+from .data import TRAIN_FRACTION, DataError, Splits, atomic_file, atomic_write
 from .tokenizers import GPT2_EOT, GPT2_VOCAB, BPETokenizer, CharTokenizer, tokenizer_from_dict
 
 META = "meta.json"
@@ -134,23 +134,6 @@ class Progress:
             self.shown = -1.0
             self(0)
             print(file=sys.stderr)
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path):
-    """A file object whose contents appear at `path` only if the block ends without an error."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class SplitWriter:

@@ -53,8 +53,8 @@ class TrainSpec:
     n_layer: int = 4
     block_size: int = 64
     dropout: float = 0.0
-    batch_size: int = 16
-    lr: float = 3e-3
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
     budget: str = "seconds"     # seconds | iterations
     amount: float = 60          # how many of them
     eval_interval: int = 100    # steps between loss estimates (a sample every 2 evals)
@@ -409,7 +409,8 @@ class Session:
 
     def resident_params(self) -> int:
         """Parameters this session alone keeps in memory (0 while it uses the shared shipped model)."""
-        return self.owned.model.num_params() if self.owned is not None else 0
+        ref = self.owned  # read once: another thread may reset it meanwhile
+        return ref.model.num_params() if ref is not None else 0
 
     def inference_model(self) -> ModelRef:
         """The current model, or a copy of it while it trains (generation flips eval mode; training must not see that)."""

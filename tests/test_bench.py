@@ -77,13 +77,18 @@ def test_quick_sizes_measure_the_issue_models():
 
 # ---- the performance helpers the trainer uses -------------------------------------------------------
 
-def test_thread_tuner_keeps_the_faster_count_and_restores(monkeypatch):
+def fake_threads(monkeypatch, available: int):
+    """A clock the test moves and a record of set_num_threads calls, for ThreadTuner."""
     from minigpt import device
-    clock = {"t": 0.0}
+    clock, calls = {"t": 0.0}, []
     monkeypatch.setattr(device.time, "perf_counter", lambda: clock["t"])
-    calls = []
-    monkeypatch.setattr(device.torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(device.torch, "get_num_threads", lambda: available)
     monkeypatch.setattr(device.torch, "set_num_threads", lambda n: calls.append(n))
+    return device, clock, calls
+
+
+def test_thread_tuner_keeps_the_faster_count_and_restores(monkeypatch):
+    device, clock, calls = fake_threads(monkeypatch, 4)
     tuner = device.ThreadTuner(window=5, every=50)
     cost = {4: 1.0, 2: 0.5}  # seconds per step: here half the threads run faster (a busy machine)
     threads = 4
@@ -97,12 +102,7 @@ def test_thread_tuner_keeps_the_faster_count_and_restores(monkeypatch):
 
 
 def test_thread_tuner_gives_up_a_slow_probe_early(monkeypatch):
-    from minigpt import device
-    clock = {"t": 0.0}
-    monkeypatch.setattr(device.time, "perf_counter", lambda: clock["t"])
-    calls = []
-    monkeypatch.setattr(device.torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(device.torch, "set_num_threads", lambda n: calls.append(n))
+    device, clock, calls = fake_threads(monkeypatch, 2)
     tuner = device.ThreadTuner(window=10, every=1000)
     cost = {2: 0.1, 1: 5.0}
     threads, probe_steps = 2, 0

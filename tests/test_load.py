@@ -89,8 +89,9 @@ def load_test() -> dict:
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_HEARTBEAT_INTERVAL": "1"}
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    REPORT.parent.mkdir(exist_ok=True)
+    log = open(REPORT.with_name("load-server.log"), "w")  # the server's own account, for when something fails
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         import httpx
@@ -100,7 +101,7 @@ def load_test() -> dict:
                 return httpx.get(url, timeout=2).status_code == 200
             except httpx.HTTPError:
                 return server.poll() is not None  # give up waiting if it died
-        assert wait_for(up, timeout=120, every=0.5) and server.poll() is None, server.stderr.read()[-3000:]
+        assert wait_for(up, timeout=120, every=0.5) and server.poll() is None, "the server did not start: see " + log.name
         idle = rss_mb(server.pid)
         samples, stop = [], threading.Event()
 
@@ -126,6 +127,7 @@ def load_test() -> dict:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+        log.close()
     errors = [f"{name}: {err}" for name, _, err in results if err]
     by_name = {}
     for name, secs, _ in results:
@@ -142,7 +144,6 @@ def load_test() -> dict:
 @pytest.mark.slow
 def test_eight_clients_all_answered_memory_bounded():
     report = load_test()
-    REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     assert report["server_alive"]
