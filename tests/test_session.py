@@ -265,6 +265,20 @@ def test_generate_records_cache_speeds(pg):
     assert set(s.cache_speed) == {"on", "off"} and all(v > 0 for v in s.cache_speed.values())
 
 
+def test_prompts_longer_than_the_context_are_noted_and_huge_ones_refused(pg):
+    from minigpt.sampling import SamplingConfig
+    s = pg.session("long")
+    assert s.prompt_note("First") is None  # the stand-in model's context is 16
+    assert s.prompt_note("First Citizen: hear me") == ("The prompt is 22 tokens long and the model's context is 16: "
+                                                       "it sees only the last 16.")
+    text, stats = list(s.generate("First Citizen: hear me", 5, SamplingConfig("greedy"), 1))[-1]
+    assert stats["tokens"] == 5
+    with pytest.raises(ValueError, match="prompt is 100,001 characters long; the limit is 100,000"):
+        next(s.generate("F" * 100_001, 5, SamplingConfig("greedy"), 1))
+    with pytest.raises(ValueError, match="prompt must be text"):
+        next(s.compare(b"First", 5, 1, sampling_columns()))
+
+
 def test_attention_is_causal_and_rows_sum_to_one(pg):
     s = pg.session("a")
     a = s.attention("First Citizen")
