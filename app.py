@@ -591,9 +591,13 @@ def build_ui() -> gr.Blocks:
                          **infer)
 
         # Checkpoints
-        c["upload"].upload(load_checkpoint, c["upload"], [c["info"], c["summary"], badge], api_name="load_checkpoint", **infer)
-        c["shipped"].click(load_shipped, None, [c["info"], c["summary"], badge], api_name="load_shipped", **infer)
-        c["refresh"].click(model_info, None, [c["info"], c["summary"], badge], api_name="model_info", **infer)
+        # A refused file leaves the model panels as they were: the toast says why (no "Error" over them).
+        c["upload"].upload(load_checkpoint, c["upload"], [c["info"], c["summary"], badge], api_name="load_checkpoint",
+                           show_progress="hidden", **infer)
+        c["shipped"].click(load_shipped, None, [c["info"], c["summary"], badge], api_name="load_shipped",
+                           show_progress="hidden", **infer)
+        c["refresh"].click(model_info, None, [c["info"], c["summary"], badge], api_name="model_info",
+                           show_progress="hidden", **infer)
         checkpoints_tab.select(model_info, None, [c["info"], c["summary"], badge], api_name="model_info_on_tab",
                                api_visibility="private", **infer)
         c["save"].click(save, None, c["saved"], api_name="save_from_checkpoints", api_visibility="private",

@@ -117,3 +117,24 @@ def test_other_tabs(page):
     page.wait_for_selector("#concepts-norm_heatmaps img")
     page.locator("#concepts-norm_heatmaps").scroll_into_view_if_needed()
     shoot(page, "11-concepts-norms")
+
+
+def test_bad_input_shows_a_message_and_keeps_the_model(page, tmp_path):
+    # A random file renamed .safetensors, uploaded on the Checkpoints tab: an error toast, same model.
+    page.get_by_role("tab", name="Checkpoints").click()
+    badge = page.locator("#model-badge .mg-model").inner_text()
+    bad = tmp_path / "homework.safetensors"
+    bad.write_bytes(bytes((i * 7919 + 13) % 256 for i in range(4096)))
+    page.locator("#ckpt-upload input[type=file]").set_input_files(str(bad))
+    page.wait_for_selector("[data-testid=toast-text] >> text=not a safetensors file")
+    time.sleep(0.5)  # the toast slides in
+    shoot(page, "12-bad-checkpoint")
+    assert page.locator("#model-badge .mg-model").inner_text() == badge
+    # A prompt with a character the char model never saw: the toast names it.
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#prompt textarea").fill("ROMEO: a € for your thoughts")
+    page.locator("#compare-btn").click()
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=toast-text]')]"
+                           ".some(t => t.innerText.includes(\"not in the model's vocabulary: '€'\"))")
+    time.sleep(0.5)
+    shoot(page, "13-bad-prompt")
