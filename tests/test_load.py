@@ -1,6 +1,6 @@
 """A bounded load test: 8 clients at once against `python app.py` on 127.0.0.1.
 
-Two rounds; in each, 8 fresh gradio_client clients run a fixed script at the same time (model
+Three rounds; in each, 8 fresh gradio_client clients run a fixed script at the same time (model
 info, tokenizer, estimate, sampling comparison, next-token view, generation, attention, and for
 half of them a short training run: four trainers against a limit of one, so three queue), then
 close. Every request must be answered and none may fail; the server's memory must stay bounded
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT, free_port, wait_for  # noqa: E402
 
 CLIENTS = 8
-ROUNDS = 2
+ROUNDS = 3
 PEAK_RSS_LIMIT_MB = 1500  # the idle server holds ~450 MB (torch, gradio, the shipped model)
 REPORT = ROOT / "test-output" / "load-report.json"
 
@@ -149,8 +149,8 @@ def test_eight_clients_all_answered_memory_bounded():
     assert report["server_alive"]
     assert report["answered"] == report["requests"] and report["errors"] == 0, report["error_messages"]
     assert report["rss_peak_mb"] < PEAK_RSS_LIMIT_MB, report
-    first, second = report["rss_after_each_round_mb"]
-    assert second - first < 100, f"memory grew from round to round: {report}"
+    after = report["rss_after_each_round_mb"]  # a session kept alive would add >= 10 MB a client
+    assert max(after[1:]) - after[0] < 80, f"memory grew from round to round: {report}"
 
 
 if __name__ == "__main__":
