@@ -133,12 +133,17 @@ def app_cold_start(app: Path = ROOT / "app.py", timeout: float = 180.0) -> float
                 time.sleep(0.05)
         return None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Terminate a child process, and kill it if it has not exited after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def train_peak_rss_mb(iters: int, extra: list[str] | None = None) -> float | None:

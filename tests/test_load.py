@@ -22,6 +22,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT, free_port, wait_for  # noqa: E402
 
+from minigpt.bench import stop_process  # noqa: E402
+
 CLIENTS = 8
 ROUNDS = 3
 PEAK_RSS_LIMIT_MB = 1500  # the idle server holds ~450 MB (torch, gradio, the shipped model)
@@ -122,11 +124,7 @@ def load_test() -> dict:
         peak = rss_mb(server.pid, "VmHWM")
         alive = server.poll() is None
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, grace=20)
         log.close()
     errors = [f"{name}: {err}" for name, _, err in results if err]
     by_name = {}
