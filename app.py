@@ -34,6 +34,7 @@ from minigpt.session import (Estimate, Playground, TrainSpec, TrainView, read_te
 from minigpt.train import TrainConfig  # noqa: E402
 from ui_inputs import CheckboxGroup, Dropdown, Number, Radio, Slider  # noqa: E402
 
+
 def limit_malloc_arenas(n: int = 2) -> bool:
     """Cap glibc's malloc arenas (M_ARENA_MAX). By default each new thread may get an arena of its
     own (up to 8 per core), and a server's many worker threads then fragment memory: measured with
@@ -389,7 +390,7 @@ def build_train_tab():
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             data = Radio([("Tiny Shakespeare", "shakespeare"), ("Paste text", "paste"), ("Upload .txt", "upload")],
-                            value="shakespeare", label="Data")
+                         value="shakespeare", label="Data")
             text = gr.Textbox(label="Your text", lines=4, max_lines=8, visible=False,
                               placeholder="Paste a few kilobytes of text or more…")
             upload = gr.File(label=f"UTF-8 text file (max {LIMITS.max_upload_mb:g} MB)", file_types=[".txt"],
@@ -404,17 +405,18 @@ def build_train_tab():
             with gr.Row():
                 n_layer = Slider(1, LIMITS.max_layers, value=4, step=1, label="layers", elem_id="n-layer")
                 block_size = Slider(8, LIMITS.max_context, value=64, step=8, label="context length",
-                                       elem_id="block-size")
+                                    elem_id="block-size")
             with gr.Row():
                 dropout = Slider(0.0, 0.5, value=0.0, step=0.05, label="dropout", elem_id="dropout")
-                batch_size = Slider(1, LIMITS.max_batch, value=RECIPE.batch_size, step=1, label="batch size", elem_id="batch-size")
+                batch_size = Slider(1, LIMITS.max_batch, value=RECIPE.batch_size, step=1, label="batch size",
+                                    elem_id="batch-size")
             with gr.Row():
                 lr = Number(RECIPE.lr, label="learning rate", minimum=1e-6, maximum=1.0, step=1e-4, elem_id="lr")
                 budget = Radio(["seconds", "iterations"], value="seconds", label="Budget in")
                 amount = Number(60, label="budget", minimum=1, precision=0, elem_id="amount")
             with gr.Row():
                 eval_interval = Slider(10, 1000, value=100, step=10, label="evaluate every … steps",
-                                          elem_id="eval-interval")
+                                       elem_id="eval-interval")
                 seed = Number(1337, label="seed", precision=0, minimum=0)
             gr.Markdown(f"<span class='mg-muted'>Limits here: ≤ {LIMITS.max_params / 1e6:g} M parameters, "
                         f"≤ {LIMITS.max_train_seconds:g} s a run, {LIMITS.max_training_jobs} training job(s) at "
@@ -456,7 +458,7 @@ def build_generate_tab():
         compare_btn = gr.Button("Compare", variant="primary", scale=1, min_width=120, elem_id="compare-btn")
     with gr.Row(equal_height=True):
         strategies = CheckboxGroup(list(STRATEGY_CHOICES), value=list(STRATEGY_CHOICES[:4]), label="Strategies",
-                                      scale=3, elem_id="strategies")
+                                   scale=3, elem_id="strategies")
         colour = gr.Checkbox(True, label="colour tokens by probability", scale=1)
         use_cache = gr.Checkbox(True, label="KV cache", scale=1, min_width=100)
     with gr.Row():

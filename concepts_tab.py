@@ -55,7 +55,7 @@ def _slider(knobs: dict, name: str, label: str, step=None):
 def _number(knobs: dict, name: str, label: str):
     k = knobs[name]
     return Number(k.default, label=label, info=f"{k.help} ({k.lo:g} to {k.hi:g})", minimum=k.lo, maximum=k.hi,
-                     precision=0 if k.integer else None, step=k.lo if not k.integer else 1)
+                  precision=0 if k.integer else None, step=k.lo if not k.integer else 1)
 
 
 def _seed():
@@ -102,7 +102,7 @@ def build_concepts_tab():
             with gr.Row():
                 with gr.Column(scale=1, min_width=260):
                     dims = CheckboxGroup(list(E.DIM_CHOICES), value=list(E.DEFAULT_DIMS),
-                                            label="head dimensions d")
+                                         label="head dimensions d")
                     seq_len = _slider(S, "seq_len", "T (keys per softmax row)")
                     pairs = _slider(S, "pairs", "random q, k pairs per d", step=100)
                     example_logits = gr.Textbox(", ".join(f"{z:g}" for z in E.EXAMPLE_LOGITS),
@@ -124,9 +124,9 @@ def build_concepts_tab():
                     depth = _slider(G, "depth", "depth")
                     width = _slider(G, "width", "width")
                     activations = CheckboxGroup(list(E.ACTIVATIONS), value=list(E.DEFAULT_ACTIVATIONS),
-                                                   label="activations (one line each)")
+                                                label="activations (one line each)")
                     init = Dropdown(list(E.INITS), value="default", label="weight init",
-                                       info="; ".join(f"{k}: {v}" for k, v in E.INITS.items()))
+                                    info="; ".join(f"{k}: {v}" for k, v in E.INITS.items()))
                     residual = gr.Checkbox(False, label="residual connections (x + f(x))")
                     layernorm = gr.Checkbox(False, label="LayerNorm before each layer")
                     gr.Markdown("**Exploding side: clipping demo**")
