@@ -258,6 +258,19 @@ def test_raw_http_nan_and_infinity_are_refused(owner, endpoint, changes, message
     still_serving(client, session, before)
 
 
+@pytest.mark.parametrize("path", ["checkpoints/shakespeare-char.safetensors", "/etc/hostname", "../../etc/hostname"])
+def test_a_file_the_client_did_not_upload_is_never_read(owner, path):
+    """A request naming a server path instead of an upload is refused by Gradio before any handler."""
+    client, session, url = owner
+    before = fingerprint(session)
+    body = json.dumps({"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}],
+                       "session_hash": client.session_hash})
+    api = f"{url.rstrip('/')}/gradio_api/call/load_checkpoint"
+    event = httpx.post(api, content=body, headers={"content-type": "application/json"}, timeout=30).json()["event_id"]
+    assert "event: error" in httpx.get(f"{api}/{event}", timeout=60).text
+    still_serving(client, session, before)
+
+
 def test_oversized_upload_is_refused_by_the_server(owner, tmp_path):
     client, session, url = owner
     before = fingerprint(session)
