@@ -26,6 +26,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures are rendered off-screen, i
 import gradio as gr  # noqa: E402
 
 from minigpt import __version__, plots  # noqa: E402
+from minigpt import experiment_plots, experiments  # noqa: E402
 from minigpt.device import pick_precision  # noqa: E402
 from minigpt.limits import Limits, check_int, check_text  # noqa: E402
 from minigpt.sampling import STRATEGIES, SamplingConfig  # noqa: E402
@@ -315,6 +316,13 @@ def attention(text, layer, head, request: gr.Request):
     return fig, note
 
 
+@user_errors
+def attention_scores(text, request: gr.Request):
+    """Per layer: the spread of the current model's q·k scores over `text`, with and without 1/sqrt(d)."""
+    result = session_of(request).score_scale(text)
+    return experiment_plots.model_scores_figure(result), experiments.tables_markdown(result.tables())
+
+
 def attention_choices(request: gr.Request):
     try:
         cfg = session_of(request).current().model.config
@@ -503,7 +511,14 @@ def build_attention_tab():
     note = gr.Markdown("Rows are the tokens looking (queries), columns the tokens looked at (keys). "
                        "A token may only attend to itself and earlier tokens: the hatched triangle is masked out.")
     plot = gr.Plot(label="attention", show_label=False, elem_id="attention-plot")
-    return dict(text=text, layer=layer, head=head, btn=btn, note=note, plot=plot)
+    with gr.Accordion("Why divide by √d? The scores inside this model", open=False):
+        gr.Markdown(experiments.EXPLANATIONS["model_scores"] + " (The Concepts tab shows the same with random "
+                    "vectors.)")
+        scores_btn = gr.Button("Measure the scores of the text above", elem_id="scores-btn")
+        scores_plot = gr.Plot(label="scores", show_label=False, elem_id="scores-plot")
+        scores_numbers = gr.Markdown(elem_id="scores-numbers")
+    return dict(text=text, layer=layer, head=head, btn=btn, note=note, plot=plot, scores_btn=scores_btn,
+                scores_plot=scores_plot, scores_numbers=scores_numbers)
 
 
 def build_tokenizer_tab():
@@ -599,6 +614,8 @@ def build_ui() -> gr.Blocks:
         # Attention
         a["btn"].click(attention, [a["text"], a["layer"], a["head"]], [a["plot"], a["note"]], api_name="attention",
                        **infer)
+        a["scores_btn"].click(attention_scores, a["text"], [a["scores_plot"], a["scores_numbers"]],
+                              api_name="attention_scores", **infer)
         attention_tab.select(attention_choices, None, [a["layer"], a["head"]], api_visibility="private", queue=False)
 
         # Tokenizer

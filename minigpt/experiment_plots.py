@@ -212,6 +212,28 @@ def norm_stats_figure(r):
     return fig
 
 
+# ---- 4. attention scores inside a model ---------------------------------------------------------------
+
+def model_scores_figure(r):
+    fig, (left, right) = _figure(10, 3.8, 1, 2)
+    xs, w = list(r.layers), 0.38
+    left.bar([x - w / 2 for x in xs], r.score_std_unscaled, w, color=UNSCALED, label="q·k")
+    left.bar([x + w / 2 for x in xs], r.score_std_scaled, w, color=SCALED, label=f"q·k / √d (÷{r.head_dim ** 0.5:.3g})")
+    left.set_ylabel("std of the scores", fontsize=LABEL)
+    left.set_title(f"Score spread per layer (d = {r.head_dim}, {r.tokens} tokens)", fontsize=TITLE)
+    right.plot(xs, r.entropy_unscaled, "o-", color=UNSCALED, lw=2, label="softmax(q·k): without √d")
+    right.plot(xs, r.entropy_scaled, "o-", color=SCALED, lw=2, label="softmax(q·k / √d): the model")
+    right.axhline(r.uniform_entropy, ls=":", color=REF, lw=1.5, label=f"uniform: {r.uniform_entropy:.2f}")
+    right.set_ylim(0, r.uniform_entropy * 1.1)
+    right.set_ylabel("entropy of a row (nats)", fontsize=LABEL)
+    right.set_title("How spread out attention is", fontsize=TITLE)
+    for ax in (left, right):
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel("layer", fontsize=LABEL)
+        ax.legend(fontsize=TICK, loc="upper center" if ax is left else "best")
+    return fig
+
+
 FIGURES = {  # experiment -> (explanation key, figure builder), in the order the page shows them
     "softmax": (("softmax_variance", softmax_variance_figure), ("softmax_peakiness", softmax_peakiness_figure),
                 ("softmax_example", softmax_example_figure)),

@@ -3,6 +3,7 @@
     python -m minigpt explain softmax --dims 4,64,1024
     python -m minigpt explain gradients --depth 20 --activations sigmoid,relu --init kaiming
     python -m minigpt explain norms --batch 1 --json
+    python -m minigpt explain scores checkpoints/shakespeare-char.safetensors --text "ROMEO: ..."
 
 Prints the same numbers as the Concepts tab (a table, then what to look for), or with --json one
 JSON object on the last line. Flags, ranges and defaults come from the knobs in experiments.py;
@@ -42,7 +43,7 @@ def register(subparsers):
     p = subparsers.add_parser("explain", help="run a teaching experiment: softmax | gradients | norms",
                               description="Run one of the Concepts experiments and print its numbers. "
                                           "Example: python -m minigpt explain softmax --json")
-    topics = p.add_subparsers(dest="topic", required=True, metavar="{softmax,gradients,norms}")
+    topics = p.add_subparsers(dest="topic", required=True, metavar="{softmax,gradients,norms,scores}")
     for name, (_, knobs, _, help_) in TOPICS.items():
         t = topics.add_parser(name, help=help_, description=help_)
         t.add_argument("--json", action="store_true", help="print one JSON object (the last line of stdout)")
@@ -62,6 +63,14 @@ def register(subparsers):
             t.add_argument("--layernorm", action="store_true", help="LayerNorm before each layer (pre-norm)")
         _add_knobs(t, knobs)
         t.set_defaults(func=run)
+    help_ = "the real attention scores of a trained model per layer, with and without 1/sqrt(d)"
+    t = topics.add_parser("scores", help=help_, description=help_)
+    t.add_argument("checkpoint", help="a .safetensors checkpoint written by minigpt")
+    t.add_argument("--text", default="ROMEO:\nBut soft, what light through yonder window breaks?\n"
+                                     "It is the east, and Juliet is the sun.",
+                   help="the text to look at (its last block_size tokens)")
+    t.add_argument("--json", action="store_true", help="print one JSON object (the last line of stdout)")
+    t.set_defaults(func=run_scores)
     p.set_defaults(func=run)
 
 
@@ -82,7 +91,20 @@ def run(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
+    return show(result, keys, args.json)
+
+
+def run_scores(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .limits import Limits, check_text
+    ck = load_checkpoint(args.checkpoint)  # a bad file: CheckpointError, one line and exit 2 from main()
+    text = check_text("--text", args.text, Limits.from_env().max_prompt_chars)
+    return show(E.model_scores(ck.model, ck.tokenizer.encode(text)), ("model_scores",), args.json)
+
+
+def show(result, keys, as_json: bool) -> int:
+    """Print a result's tables and what to look for, or one JSON object."""
+    if as_json:
         print(json.dumps(result.to_dict(), allow_nan=False))
         return 0
     print(E.tables_text(result.tables()))

@@ -26,6 +26,7 @@ from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, decode_text, load_text, split_ids
 from .device import pick_device, pick_precision
+from .experiments import model_scores
 from .generate import generate, perplexity, start_ids
 from .limits import Limits, check_float, check_int, check_text
 from .model import GPT, GPTConfig, estimate_params
@@ -789,9 +790,7 @@ class Session:
         model, tok = ref.model, ref.tokenizer
         if not isinstance(model, GPT):
             raise ValueError("the bigram model has no attention: each token looks only at itself. Train or load a GPT")
-        text = check_text("text", text, self.pg.limits.max_prompt_chars)
-        text = text if text.strip() else (self.last_prompt or "ROMEO:\nBut soft, what light")
-        ids = tok.encode(text)
+        ids = tok.encode(self._view_text(text))
         if not ids:
             raise ValueError("enter some text to look at")
         block = model.config.block_size
@@ -810,6 +809,17 @@ class Session:
         return {"tokens": tok.pieces(ids), "weights": weights, "cropped": cropped, "block_size": block,
                 "shown_max": max_tokens,
                 "n_layer": model.config.n_layer, "n_head": model.config.n_head}
+
+    def score_scale(self, text: str | None = None):
+        """Experiment 4 on the current model: per layer, the spread of its real q·k scores over `text`
+        (or the last prompt; its last block_size tokens) with and without 1/sqrt(d) (a ModelScores)."""
+        ref = self.inference_model()
+        return model_scores(ref.model, ref.tokenizer.encode(self._view_text(text)))
+
+    def _view_text(self, text) -> str:
+        """The text a view looks at: the one given, else the last prompt, else a line of Romeo."""
+        text = check_text("text", text, self.pg.limits.max_prompt_chars)
+        return text if text.strip() else (self.last_prompt or "ROMEO:\nBut soft, what light")
 
 
 # ---- stateless views ------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ COMPARE = dict(prompt="ROMEO:", tokens=40, seed=3, strategies=["greedy", "multin
                                                                  "high temperature", "top-k", "top-p"],
                low_t=0.5, high_t=2.0, top_k=10, top_p=0.9, colour=True, use_cache=True)
 ENDPOINTS = {"/train", "/stop", "/continue_training", "/reset", "/save", "/estimate", "/generate", "/compare_sampling",
-             "/next_token_distribution", "/attention", "/tokenize", "/load_checkpoint", "/load_shipped", "/model_info"}
+             "/next_token_distribution", "/attention", "/attention_scores", "/tokenize", "/load_checkpoint",
+             "/load_shipped", "/model_info"}
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,8 @@ def test_attention_one_head_and_all_heads(client):
     assert plot["type"] == "matplotlib"
     with pytest.raises(AppError, match="layer must be between"):
         client.predict("hi", 9, "all", api_name="/attention")
+    plot, numbers = client.predict("ROMEO: hi there", api_name="/attention_scores")
+    assert plot["type"] == "matplotlib" and "std q·k" in numbers and "15 tokens" in numbers
 
 
 def test_tokenize_both_ways(client):

@@ -30,6 +30,7 @@ GENERATE = dict(prompt="ROMEO:", tokens=8, strategy="temperature", temperature=0
                 use_cache=True)
 BASE = {"/train": TRAIN, "/continue_training": TRAIN, "/estimate": TRAIN, "/compare_sampling": COMPARE,
         "/generate": GENERATE, "/attention": dict(text="ROMEO:", layer=0, head="all"), "/tokenize": dict(text="hi"),
+        "/attention_scores": dict(text="ROMEO:"),
         "/next_token_distribution": dict(column="greedy", step=1), "/load_checkpoint": dict(file=None)}
 ORDER = {name: list(kw) for name, kw in BASE.items()}  # positional order, for raw HTTP calls
 
@@ -109,6 +110,9 @@ API_CASES = [
     ("/attention", dict(text="€uro"), "not in the model's vocabulary: '€'"),
     ("/attention", dict(text="ab" * 60_000), "text is 120,000 characters long"),
     ("/tokenize", dict(text="x" * 100_001), "text is 100,001 characters long"),
+    ("/attention_scores", dict(text="Zebra€"), "not in the model's vocabulary: .*'€'"),
+    ("/attention_scores", dict(text="ab" * 60_000), "text is 120,000 characters long"),
+    ("/attention_scores", dict(text="R"), "at least two tokens"),
     # Hostile checkpoint files
     ("/load_checkpoint", dict(file=None), "choose a .safetensors file"),
     ("/load_checkpoint", dict(file="FILE:pickle.safetensors"), "not a safetensors file"),

@@ -246,3 +246,60 @@ def test_python_m_minigpt_explain_end_to_end():
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["dims"] == [8, 512] and d["score_var_unscaled"][1] > d["score_var_unscaled"][0]
+
+
+# ---- 4. attention scores inside a model ---------------------------------------------------------------
+
+def test_model_scores_are_the_models_own_attention(tiny_gpt):
+    """The hooked q·k, scaled, masked and softmaxed, must be exactly the attention the model computes."""
+    ids = torch.randint(0, 40, (12,), generator=torch.Generator().manual_seed(0)).tolist()
+    tiny_gpt.eval()
+    _, _, atts = tiny_gpt(torch.tensor([ids]), return_attn=True)
+    hs = tiny_gpt.config.n_embd // tiny_gpt.config.n_head
+    causal = torch.ones(12, 12).tril().bool()
+    for raw, att in zip(E.attention_scores(tiny_gpt, ids), atts):
+        ours = torch.softmax((raw / math.sqrt(hs)).masked_fill(~causal, float("-inf")), dim=-1)
+        torch.testing.assert_close(ours, att[0], atol=1e-5, rtol=1e-5)
+    assert not any(b.attn.c_attn._forward_hooks for b in tiny_gpt.transformer.h)  # the hooks are gone
+
+
+def test_model_scores_obey_the_theory(tiny_gpt):
+    ids = torch.randint(0, 40, (16,), generator=torch.Generator().manual_seed(1)).tolist()
+    with torch.no_grad():  # larger weights, so the scores are far from zero like a trained model's
+        for block in tiny_gpt.transformer.h:
+            block.attn.c_attn.weight.mul_(8)
+    r = E.model_scores(tiny_gpt, ids)
+    hs = r.head_dim
+    assert r.tokens == 16 and r.layers == [0, 1] and hs == 16
+    assert r.uniform_entropy == pytest.approx(sum(math.log(n) for n in range(2, 17)) / 15)
+    for su, ss, mu, ms, eu, es in zip(r.score_std_unscaled, r.score_std_scaled, r.max_prob_unscaled,
+                                      r.max_prob_scaled, r.entropy_unscaled, r.entropy_scaled):
+        assert ss == pytest.approx(su / math.sqrt(hs), rel=1e-5)
+        # Dividing logits by sqrt(d) > 1 is a higher temperature: a lower top probability, more entropy.
+        assert ms < mu and es > eu and es <= r.uniform_entropy + 1e-6
+    assert json.dumps(r.to_dict())
+    assert len(P.model_scores_figure(r).axes) == 2
+
+
+def test_model_scores_refuse_what_has_no_attention(tiny_gpt):
+    from minigpt.model import GPTConfig, build_model
+    with pytest.raises(ValueError, match="at least two tokens"):
+        E.model_scores(tiny_gpt, [3])
+    bigram = build_model(GPTConfig(vocab_size=40, block_size=16, model="bigram"))
+    with pytest.raises(ValueError, match="bigram model has no attention"):
+        E.model_scores(bigram, [1, 2, 3])
+
+
+def test_cli_scores_of_a_checkpoint(tiny_gpt, tmp_path, capsys, small_text):
+    from minigpt.checkpoint import save_checkpoint
+    from minigpt.cli import main
+    from minigpt.model import GPTConfig, build_model
+    from minigpt.tokenizers import CharTokenizer
+    tok = CharTokenizer.from_text(small_text)
+    model = build_model(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    path = save_checkpoint(tmp_path / "m.safetensors", model, tok, {})
+    assert main(["explain", "scores", str(path), "--text", "First Citizen:", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert d["tokens"] == 14 and len(d["score_std_scaled"]) == 2 and d["head_dim"] == 16
+    assert main(["explain", "scores", str(path), "--text", "Zebra€"]) == 2
+    assert "not in the model's vocabulary" in capsys.readouterr().err

@@ -290,6 +290,15 @@ def test_attention_is_causal_and_rows_sum_to_one(pg):
     assert long["cropped"] and len(long["tokens"]) == 16
 
 
+def test_score_scale_measures_the_current_model(pg):
+    s = pg.session("scores")
+    r = s.score_scale("First Citizen: speak")
+    assert r.tokens == 16 and r.layers == [0, 1]  # the stand-in's context is 16: the text's last 16 tokens
+    assert all(es >= eu for es, eu in zip(r.entropy_scaled, r.entropy_unscaled))
+    with pytest.raises(ValueError, match="not in the model's vocabulary"):
+        s.score_scale("€")
+
+
 def test_attention_of_a_bigram_model_says_why_not(pg, small_text):
     s = pg.session("b")
     list(s.train(tiny_spec(small_text, model="bigram", amount=3), interval=0.0))
