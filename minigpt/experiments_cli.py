@@ -40,7 +40,7 @@ def _add_knobs(parser, knobs: dict):
 
 
 def register(subparsers):
-    p = subparsers.add_parser("explain", help="run a teaching experiment: softmax | gradients | norms",
+    p = subparsers.add_parser("explain", help="run a teaching experiment: softmax | gradients | norms | scores",
                               description="Run one of the Concepts experiments and print its numbers. "
                                           "Example: python -m minigpt explain softmax --json")
     topics = p.add_subparsers(dest="topic", required=True, metavar="{softmax,gradients,norms,scores}")
