@@ -251,7 +251,7 @@ def compare_sampling(prompt, tokens, seed, strategies, low_t, high_t, top_k, top
 
 
 def warn_long(s, prompt):
-    note = s.prompt_note(check_text("prompt", prompt, LIMITS.max_prompt_chars))
+    note = s.prompt_note(prompt)
     if note:
         gr.Warning(note)
 

@@ -646,9 +646,9 @@ class Session:
         seed = check_int("seed", seed, 0, 2**63 - 1)
         prompt = check_text("prompt", prompt, self.pg.limits.max_prompt_chars)
         ref = self.inference_model()
-        steps = generate(ref.model, ref.tokenizer, prompt or "", n, sampling.validate(), seed=seed,
+        steps = generate(ref.model, ref.tokenizer, prompt, n, sampling.validate(), seed=seed,
                          use_cache=bool(use_cache), top_n=1)
-        self.last_prompt = prompt or ""
+        self.last_prompt = prompt
         t0 = time.perf_counter()
         out, last = [], 0.0
         text = ""
@@ -665,14 +665,15 @@ class Session:
                 yield text, self._gen_stats(out, now - t0, use_cache, final=False)
         stats = self._gen_stats(out, time.perf_counter() - t0, use_cache, final=True)
         stats["context"] = ref.model.config.block_size
-        stats["cache_full_after"] = max(0, ref.model.config.block_size - len(start_ids(ref.tokenizer, prompt or "")))
+        stats["cache_full_after"] = max(0, ref.model.config.block_size - len(start_ids(ref.tokenizer, prompt)))
         self.cache_speed["on" if use_cache else "off"] = stats["tokens_per_s"]
         yield text, stats
 
     def prompt_note(self, prompt: str) -> str | None:
         """A sentence when the prompt is longer than the model's context (generation keeps only its end)."""
+        prompt = check_text("prompt", prompt, self.pg.limits.max_prompt_chars)
         ref = self.current()
-        n, block = len(start_ids(ref.tokenizer, prompt or "")), ref.model.config.block_size
+        n, block = len(start_ids(ref.tokenizer, prompt)), ref.model.config.block_size
         if n <= block:
             return None
         return f"The prompt is {n} tokens long and the model's context is {block}: it sees only the last {block}."
