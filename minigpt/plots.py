@@ -75,6 +75,10 @@ def status_html(view) -> str:
         final = f"{view.final_val_loss:.4f}" if view.final_val_loss is not None else "n/a"
         head = (f"<b>Finished</b> ({reasons.get(view.reason, view.reason)}) after <b>{view.iter:,}</b> iterations · "
                 f"full validation loss <b>{final}</b> · {view.tokens_per_s / 1000:.1f} k tokens/s")
+    elif view.state in ("stopped", "stopping"):
+        when = "at" if view.state == "stopped" else "after the current step, near"
+        head = (f"<b>Stopped</b> {when} iteration <b>{view.iter:,}</b> · the model is kept · loss <b>{loss}</b> · "
+                f"val <b>{val}</b> · measuring the full validation loss…")
     else:
         head = (f"iteration <b>{view.iter:,}</b> · loss <b>{loss}</b> · val <b>{val}</b> · "
                 f"<b>{view.tokens_per_s / 1000:.1f} k</b> tokens/s · {fmt_time(view.elapsed)} elapsed · "

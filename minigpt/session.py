@@ -1,102 +1,46 @@
-"""The playground's per-session logic: what the page's handlers call, as plain Python (no Gradio).
+"""One user's session of the playground: what the page's handlers call, as plain Python.
 
-`Playground` is made once by the app: it holds the shipped model (loaded lazily, shared read-only),
-the data cache and a registry of `Session`s keyed by the browser's session hash (behind a lock,
-with an LRU cap and an idle sweep). A `Session` is one user's model, training run and stop flag:
-it trains (a generator of throttled `TrainView`s), stops, continues, resets, saves and loads
-checkpoints, compares sampling strategies, and reads attention weights. Bad input raises
-ValueError (or CheckpointError / DataError, both ValueErrors) and never touches the current model.
+A `Session` is one browser tab (or one gradio_client Client): its model, training run and stop
+flag. It trains (a generator of throttled `TrainView`s), stops, continues, resets, saves and
+loads checkpoints, generates, compares sampling strategies and reads attention weights. Bad input
+raises ValueError (or CheckpointError / DataError, both ValueErrors) and never touches the
+current model. Sessions live in a `Playground` (minigpt/playground.py), which shares the shipped
+model and the data between them. Core module: imports minigpt's core only (never gradio or
+matplotlib).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import math
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DataError, decode_text, load_text, split_ids
-from .device import pick_device, pick_precision
+from .data import DataError, split_ids
+from .device import pick_precision
 from .experiments import model_scores
 from .generate import generate, perplexity, start_ids
-from .limits import Limits, check_float, check_int, check_text
-from .model import GPT, GPTConfig, estimate_params
+from .limits import check_int, check_text
+from .model import GPT
 from .sampling import SamplingConfig
-from .tokenizers import BPETokenizer, CharTokenizer, build_tokenizer
-from .train import Done, Eval, Run, Sample, Start, Step, TrainConfig, train
+from .train import Done, Run
+from .train_spec import SHAKESPEARE, TrainSpec
+from .training_view import LiveTraining, StopFlag, Thinned, TrainView
+from .views import attention_weights, next_token_at, repeat_fraction
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "shakespeare-char.safetensors"
-SHAKESPEARE = "shakespeare"
+if TYPE_CHECKING:
+    from .playground import Playground
+
 TEMPERATURES = (0.5, 1.0, 2.0)  # the next-token chart shows the same logits at each
 
-
-# ---- the training form --------------------------------------------------------------------------
-
-@dataclass
-class TrainSpec:
-    """Everything the Train tab's knobs say; `configs()` turns it into validated configs."""
-    data: str = SHAKESPEARE     # "shakespeare" or "text" (pasted or uploaded)
-    text: str = ""              # the training text when data == "text"
-    tokenizer: str = "char"     # char | gpt2
-    model: str = "gpt"          # gpt | bigram
-    n_embd: int = 128
-    n_head: int = 4
-    n_layer: int = 4
-    block_size: int = 64
-    dropout: float = 0.0
-    batch_size: int = TrainConfig.batch_size
-    lr: float = TrainConfig.lr
-    budget: str = "seconds"     # seconds | iterations
-    amount: float = 60          # how many of them
-    eval_interval: int = 100    # steps between loss estimates (a sample every 2 evals)
-    seed: int = 1337
-    sample_tokens: int = 200    # length of the samples shown while training
-
-    def model_config(self, vocab_size: int, limits: Limits) -> GPTConfig:
-        if self.model not in ("gpt", "bigram"):
-            raise ValueError(f"model must be gpt or bigram, got {self.model!r}")
-        cfg = GPTConfig(vocab_size=vocab_size, block_size=check_int("context length", self.block_size, 1, limits.max_context),
-                        n_layer=check_int("layers", self.n_layer, 1, limits.max_layers),
-                        n_head=check_int("heads", self.n_head, 1, limits.max_heads),
-                        n_embd=check_int("embedding size", self.n_embd, 1, limits.max_embd),
-                        dropout=check_float("dropout", self.dropout, 0.0, 1.0, hi_open=True), model=self.model)
-        if cfg.model == "gpt" and cfg.n_embd % cfg.n_head:
-            raise ValueError(f"embedding size {cfg.n_embd} is not divisible by {cfg.n_head} heads: each head gets "
-                             f"n_embd / n_head dimensions (try {cfg.n_head * max(1, round(cfg.n_embd / cfg.n_head))} "
-                             f"or a head count that divides {cfg.n_embd})")
-        return cfg.validate(limits)
-
-    def train_config(self, limits: Limits) -> TrainConfig:
-        if self.budget not in ("seconds", "iterations"):
-            raise ValueError(f"budget must be seconds or iterations, got {self.budget!r}")
-        if self.budget == "seconds":
-            secs = check_float("seconds", self.amount, 0.0, limits.max_train_seconds, lo_open=True)
-            iters = limits.max_iters  # the schedule follows the clock
-        else:
-            iters = check_int("iterations", self.amount, 1, limits.max_iters)
-            secs = limits.max_train_seconds  # the time limit holds for every run
-        cfg = TrainConfig(batch_size=check_int("batch size", self.batch_size, 1, limits.max_batch),
-                          lr=check_float("learning rate", self.lr, 0.0, 1.0, lo_open=True),
-                          max_iters=iters, max_seconds=secs,
-                          eval_interval=check_int("eval interval", self.eval_interval, 1, limits.max_iters),
-                          warmup_iters=min(50, max(iters // 10, 1)),
-                          seed=check_int("seed", self.seed, 0, 2**31 - 1),
-                          sample_tokens=check_int("sample tokens", self.sample_tokens, 1, limits.max_new_tokens))
-        cfg.min_lr = min(cfg.min_lr, cfg.lr / 10)
-        return cfg.validate(limits)
-
-
-# ---- what the page draws --------------------------------------------------------------------------
 
 @dataclass
 class ModelRef:
@@ -106,86 +50,6 @@ class ModelRef:
     source: str                                 # e.g. "shipped", "trained in this session", "uploaded x.safetensors"
     card: dict = field(default_factory=dict)    # the run card (checkpoint metadata or run.run_card())
     shared: bool = False                        # the shipped model: read-only, never trained in place
-
-
-class Thinned:
-    """A list that keeps at most about `cap` points by doubling its stride (for light live plots)."""
-
-    def __init__(self, cap: int = 400):
-        self.cap, self.stride, self.count, self.items = cap, 1, 0, []
-
-    def add(self, item):
-        if self.count % self.stride == 0:
-            self.items.append(item)
-            if len(self.items) > self.cap:
-                self.items = self.items[::2]
-                self.stride *= 2
-        self.count += 1
-
-
-@dataclass
-class TrainView:
-    """A snapshot of a training run for the page (copied lists: safe to hand to another thread)."""
-    state: str = "idle"         # idle | training | stopping | done
-    iter: int = 0
-    start_iter: int = 0
-    loss: float | None = None
-    val_loss: float | None = None
-    tokens_per_s: float = 0.0
-    elapsed: float = 0.0
-    eta: float = 0.0
-    progress: float = 0.0
-    params: int = 0
-    device: str = ""
-    dtype: str = ""
-    steps: list = field(default_factory=list)   # (iter, batch loss), thinned
-    evals: list = field(default_factory=list)   # (iter, train estimate, val estimate)
-    sample: str = ""
-    sample_iter: int | None = None
-    reason: str = ""
-    message: str = ""
-    final_val_loss: float | None = None
-    card: dict = field(default_factory=dict)
-
-
-@dataclass
-class Estimate:
-    """The Train tab's live read-out of a configuration, or the reason it cannot work."""
-    ok: bool
-    error: str = ""
-    params: int = 0
-    vocab_size: int = 0
-    memory_mb: float = 0.0
-    step_ms: float = 0.0
-    iters: int = 0
-    seconds: float = 0.0
-    notes: list = field(default_factory=list)
-
-
-# ---- speed model for the estimate ---------------------------------------------------------------
-
-# Rough defaults for time per step = overhead + FLOPs / rate, refined by each finished run in this process.
-SPEED = {"cpu": (100e9, 3e-3, 1.5e-3), "cuda": (20e12, 8e-3, 1e-3), "mps": (2e12, 10e-3, 2e-3)}
-
-
-def train_flops_per_token(cfg: GPTConfig) -> float:
-    """≈ 6 × non-embedding parameters + attention (PaLM appendix B), forward and backward."""
-    if cfg.model == "bigram":
-        return 6.0 * cfg.vocab_size
-    params = estimate_params(cfg) - cfg.block_size * cfg.n_embd
-    return 6.0 * params + 12.0 * cfg.n_layer * cfg.block_size * cfg.n_embd
-
-
-def train_memory_bytes(cfg: GPTConfig, batch_size: int) -> float:
-    """Weights, gradients and two AdamW moments (16 bytes a parameter) plus fp32 activations."""
-    p = estimate_params(cfg)
-    B, T, V = batch_size, cfg.block_size, cfg.vocab_size
-    if cfg.model == "bigram":
-        acts = B * T * V * 4 * 3
-    else:
-        per_layer = 34 * cfg.n_embd + 5 * cfg.n_head * T  # activation elements per token per layer (Korthikanti et al.)
-        acts = B * T * (cfg.n_layer * per_layer + 3 * V) * 4
-    return 16.0 * p + acts
 
 
 @contextlib.contextmanager
@@ -208,174 +72,6 @@ def one_thread():
         torch.set_num_threads(prev)
 
 
-# ---- the registry ---------------------------------------------------------------------------------
-
-class Playground:
-    """The app's one engine: shipped model, data cache, sessions. Thread-safe."""
-
-    def __init__(self, limits: Limits | None = None, shipped_path: Path | str = SHIPPED, max_sessions: int = 64,
-                 idle_seconds: float = 2 * 3600, device: str | None = None, max_resident_params: int | None = None):
-        self.limits = limits or Limits.from_env()
-        self.shipped_path = Path(shipped_path)
-        self.max_sessions = max_sessions
-        # Models kept in memory across sessions (with AdamW, ~16 bytes a parameter): four of the largest allowed.
-        self.max_resident_params = max_resident_params or 4 * self.limits.max_params
-        self.idle_seconds = idle_seconds
-        self.device = pick_device(device)
-        self.threads = torch.get_num_threads()  # what training uses (as the CLI does)
-        self._lock = threading.Lock()
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._shipped: ModelRef | None = None
-        self._shipped_lock = threading.Lock()
-        self._data: OrderedDict[tuple, tuple] = OrderedDict()  # (text hash, tokenizer) -> (tokenizer, ids)
-        self._data_lock = threading.Lock()
-        self._last_sweep = time.monotonic()
-        kind = self.device.split(":")[0]
-        self.speed = dict(zip(("rate", "overhead", "per_layer"), SPEED.get(kind, SPEED["cpu"])))
-        self.speed.update(factor=1.0, calibrated=False)
-
-    # -- shared read-only things --
-
-    def shipped(self) -> ModelRef:
-        """The shipped pretrained model, loaded on first use and shared by every session."""
-        with self._shipped_lock:
-            if self._shipped is None:
-                if not self.shipped_path.exists():
-                    raise ValueError(f"no shipped model at {self.shipped_path}: train one, or upload a checkpoint")
-                ck = load_checkpoint(self.shipped_path, device="cpu", limits=self.limits)
-                ck.model.eval().requires_grad_(False)
-                self._shipped = ModelRef(ck.model, ck.tokenizer, f"shipped ({self.shipped_path.name})",
-                                         ck.training, shared=True)
-            return self._shipped
-
-    def shakespeare(self) -> str:
-        return self.text_and_ids(SHAKESPEARE, "", None)[2]
-
-    def text_and_ids(self, data: str, text: str, kind: str | None, tokenizer=None):
-        """(tokenizer, ids tensor, text) for the data choice; cached (Tiny Shakespeare is read once)."""
-        if data == SHAKESPEARE:
-            text = self._cached(("shakespeare-text",), lambda: load_text(SHAKESPEARE))
-        elif data == "text":
-            if not text or not text.strip():
-                raise DataError("paste some text or upload a UTF-8 .txt file first (or choose Tiny Shakespeare)")
-            if len(text.encode("utf-8")) > self.limits.max_upload_bytes:
-                raise DataError(f"the text is over the limit of {self.limits.max_upload_mb:g} MB (MINIGPT_MAX_UPLOAD_MB)")
-        else:
-            raise ValueError(f"data must be shakespeare or text, got {data!r}")
-        if kind is None and tokenizer is None:
-            return None, None, text
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
-        if tokenizer is not None:  # a given tokenizer (continuing a loaded model): encode, uncached
-            return tokenizer, torch.tensor(tokenizer.encode(text), dtype=torch.long), text
-
-        def build():
-            tok = build_tokenizer(kind, text)
-            return tok, torch.tensor(tok.encode(text), dtype=torch.long)
-        tok, ids = self._cached((digest, kind), build)
-        return tok, ids, text
-
-    def _cached(self, key, make):
-        with self._data_lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        value = make()
-        with self._data_lock:
-            self._data[key] = value
-            while len(self._data) > 6:
-                self._data.popitem(last=False)
-        return value
-
-    # -- sessions --
-
-    def session(self, key: str) -> "Session":
-        """The session for `key`, created on first use; past the cap, the least recently used idle ones go."""
-        now = time.monotonic()
-        with self._lock:
-            s = self._sessions.get(key)
-            if s is None:
-                s = self._sessions[key] = Session(self, key)
-            self._sessions.move_to_end(key)
-            s.last_seen = now
-            resident = sum(v.resident_params() for v in self._sessions.values())
-            for k in [k for k, v in self._sessions.items() if k != key and not v.training]:  # oldest first
-                if len(self._sessions) <= self.max_sessions and resident <= self.max_resident_params:
-                    break
-                resident -= self._sessions.pop(k).resident_params()
-        if now - self._last_sweep > 60:
-            self.sweep(now)
-        return s
-
-    def sweep(self, now: float | None = None) -> int:
-        """Drop sessions idle for more than idle_seconds (a backstop for tabs whose unload never came)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            self._last_sweep = now
-            idle = [k for k, v in self._sessions.items() if not v.training and now - v.last_seen > self.idle_seconds]
-            for k in idle:
-                del self._sessions[k]
-        return len(idle)
-
-    def drop(self, key: str) -> bool:
-        """Forget a session (its tab closed): stop its training; the model goes with the last reference."""
-        with self._lock:
-            s = self._sessions.pop(key, None)
-        if s is not None:
-            s.stop_event.set()
-        return s is not None
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def __contains__(self, key) -> bool:
-        return key in self._sessions
-
-    # -- the estimate shown while the knobs move --
-
-    def vocab_size(self, spec: TrainSpec) -> int:
-        if spec.data == SHAKESPEARE and spec.tokenizer == "char":
-            return 65  # known without reading the text
-        return self.text_and_ids(spec.data, spec.text, spec.tokenizer)[0].vocab_size
-
-    def estimate(self, spec: TrainSpec) -> Estimate:
-        """Parameters, memory and time of `spec`, or the first reason it cannot run."""
-        try:
-            vocab = self.vocab_size(spec)
-            cfg = spec.model_config(vocab, self.limits)
-            tcfg = spec.train_config(self.limits)
-        except ValueError as e:
-            return Estimate(ok=False, error=str(e))
-        step = self.step_seconds(cfg, tcfg.batch_size)
-        if spec.budget == "seconds":
-            seconds = float(spec.amount)
-            iters = int(seconds / step)
-        else:
-            iters = int(spec.amount)
-            seconds = min(iters * step, self.limits.max_train_seconds)
-        notes = []
-        if spec.budget == "iterations" and iters * step > self.limits.max_train_seconds:
-            notes.append(f"stops at the time limit of {self.limits.max_train_seconds:g} s (MINIGPT_MAX_TRAIN_SECONDS)")
-        if cfg.model == "bigram":
-            notes.append("the bigram model ignores the shape knobs: it is one vocab × vocab table")
-        return Estimate(ok=True, params=estimate_params(cfg), vocab_size=vocab,
-                        memory_mb=train_memory_bytes(cfg, tcfg.batch_size) / 2**20, step_ms=step * 1000,
-                        iters=iters, seconds=seconds, notes=notes)
-
-    def step_seconds(self, cfg: GPTConfig, batch_size: int) -> float:
-        """Predicted seconds per training step: fixed overheads plus FLOPs at a rate, times the calibration."""
-        flops = train_flops_per_token(cfg) * batch_size * cfg.block_size
-        layers = cfg.n_layer if cfg.model == "gpt" else 0
-        raw = self.speed["overhead"] + self.speed["per_layer"] * layers + flops / self.speed["rate"]
-        return raw * self.speed["factor"]
-
-    def calibrate(self, cfg: GPTConfig, batch_size: int, measured_step: float):
-        """Move the estimate halfway (in log scale) towards a finished run's measured step time, within 4×."""
-        predicted = self.step_seconds(cfg, batch_size) / self.speed["factor"]
-        ratio = min(4.0, max(0.25, measured_step / max(predicted, 1e-9)))
-        self.speed["factor"] = math.sqrt(self.speed["factor"] * ratio)
-        self.speed["calibrated"] = True
-
-
 # ---- one user's session -------------------------------------------------------------------------
 
 class Session:
@@ -385,7 +81,7 @@ class Session:
         self.pg = playground
         self.key = key
         self.last_seen = time.monotonic()
-        self.stop_event = threading.Event()
+        self.stop_event = StopFlag()
         self._train_lock = threading.Lock()   # one training at a time in a session
         self._idle = threading.Event()        # set whenever no training runs
         self._idle.set()
@@ -398,6 +94,7 @@ class Session:
         self.cache_speed: dict = {}           # "on"/"off" -> tokens/s measured by `generate`
         self.version = 0                      # bumped whenever the current model changes
         self._old_steps: list = []            # the batch-loss curve so far, for Continue
+        self._live: LiveTraining | None = None  # the run going on now
 
     # -- the current model --
 
@@ -460,88 +157,36 @@ class Session:
             self.run = run
             self.owned = ModelRef(run.model, run.tokenizer, "trained in this session", run.run_card())
             self.version += 1
-            view = self.view = TrainView(state="training", iter=run.iters, start_iter=run.iters,
-                                         evals=[(e.iter, e.train_loss, e.val_loss) for e in run.history],
-                                         sample=self.view.sample if resume else "", message=self._shape_note(spec))
+            view = TrainView(state="training", iter=run.iters, start_iter=run.iters,
+                             evals=[(e.iter, e.train_loss, e.val_loss) for e in run.history],
+                             sample=self.view.sample if resume else "", message=self._shape_note(spec))
             steps = Thinned()
             for it, loss in (self._old_steps if resume else []):
                 steps.add((it, loss))
-            lock, news, finished, failure = threading.Lock(), threading.Event(), threading.Event(), []
-
-            def work():
-                torch.set_num_threads(self.pg.threads)  # this thread's own setting, as in the CLI's main thread
-                try:
-                    for ev in train(run, tcfg, self.stop_event, limits):
-                        with lock:
-                            self._apply(view, ev, steps)
-                        if isinstance(ev, (Start, Sample, Done)):
-                            news.set()  # worth showing at once
-                except BaseException as e:  # handed to the consumer
-                    failure.append(e)
-                finally:
-                    finished.set()
-                    news.set()
-
-            worker = threading.Thread(target=work, name=f"minigpt-train-{self.key[:8]}", daemon=True)
-            worker.start()
-            interval = max(interval, 0.05)  # a busier loop here would take the GIL from the trainer
+            live = self._live = LiveTraining(run, tcfg, self.stop_event, limits, self.pg.threads, view, steps,
+                                             on_done=self._done, name=f"minigpt-train-{self.key[:8]}")
+            self.view = live.start().snapshot()
             try:
-                while not finished.is_set():
-                    news.wait(interval)
-                    news.clear()
-                    with lock:
-                        snap = self._snapshot(view, steps)
-                    if snap.state == "done" or finished.is_set():
-                        break  # the final view comes once, after the trainer has finished
-                    yield snap
-                worker.join()
-                if failure:
-                    raise failure[0]
-                yield self._snapshot(view, steps)
+                yield from live.views(interval)
             finally:
-                if worker.is_alive():  # closed early: stop, and let the run finish whole (model, card)
-                    self.stop_event.set()
-                    worker.join()
+                live.finish()  # closed early (the browser's Stop cancels the request): stop, let the run end whole
                 self._old_steps = list(steps.items)
-                self.view = self._snapshot(view, steps)
+                self.view = live.snapshot()
                 run.model.eval()  # inference mode between trainings (train() switches it back)
                 self.version += 1
+                self._live = None
         finally:
             self._idle.set()
             self._train_lock.release()
 
-    def _apply(self, view: TrainView, ev, steps: Thinned):
-        if isinstance(ev, Start):
-            view.params, view.device, view.dtype = ev.params, ev.device, ev.dtype
-        elif isinstance(ev, Step):
-            view.iter, view.loss, view.tokens_per_s = ev.iter, ev.loss, ev.tokens_per_s
-            view.elapsed, view.eta, view.progress = ev.elapsed, ev.eta, ev.progress
-            steps.add((ev.iter, ev.loss))
-        elif isinstance(ev, Eval):
-            view.val_loss = ev.val_loss
-            view.evals.append((ev.iter, ev.train_loss, ev.val_loss))
-        elif isinstance(ev, Sample):
-            view.sample, view.sample_iter = ev.text, ev.iter
-        elif isinstance(ev, Done):
-            view.state, view.reason, view.message = "done", ev.reason, ev.message or view.message
-            view.iter, view.final_val_loss = ev.iters, ev.final_val_loss
-            view.progress = 1.0 if ev.reason in ("max_iters", "max_seconds", "target") else view.progress
-            view.eta = 0.0
-            if ev.tokens_per_s:
-                view.tokens_per_s = ev.tokens_per_s
-            run = self.run
-            view.card = run.run_card()
-            if self.owned is not None and self.owned.model is run.model:
-                self.owned.card = view.card
-            batch = run.last_train_config["batch_size"]
-            if run.iters - view.start_iter >= 50 and ev.tokens_per_s > 0:
-                self.pg.calibrate(run.model.config, batch, batch * run.model.config.block_size / ev.tokens_per_s)
-
-    @staticmethod
-    def _snapshot(view: TrainView, steps: Thinned) -> TrainView:
-        snap = copy.copy(view)
-        snap.steps, snap.evals, snap.card = list(steps.items), list(view.evals), dict(view.card)
-        return snap
+    def _done(self, view: TrainView, ev: Done):
+        """The run ended (trainer thread): keep its card with the model, calibrate the time estimate."""
+        run = self.run
+        if self.owned is not None and self.owned.model is run.model:
+            self.owned.card = view.card
+        batch = run.last_train_config["batch_size"]
+        if run.iters - view.start_iter >= 50 and ev.tokens_per_s > 0:
+            self.pg.speed.calibrate(run.model.config, batch, batch * run.model.config.block_size / ev.tokens_per_s)
 
     def _new_run(self, spec: TrainSpec) -> Run:
         tok, ids, _ = self.pg.text_and_ids(spec.data, spec.text, spec.tokenizer)
@@ -586,6 +231,15 @@ class Session:
         if len(splits.train) <= block + 1:
             raise DataError(f"the text gives {len(splits.train)} training tokens, too few for a context of "
                             f"{block}: use more text or a shorter context")
+
+    def stop_soon(self, wait: float = 0.8) -> TrainView:
+        """Ask the training to stop and answer within about `wait` s: the view says it stopped at
+        iteration N and the model is kept; `stop()` then waits for the full-validation loss."""
+        live = self._live
+        if live is None:
+            self.stop_event.set()
+            return self.view
+        return live.stopping(wait)
 
     def stop(self, wait: float = 15.0) -> TrainView:
         """Ask the training to stop (it checks every step) and wait for it to wrap up; the model stays."""
@@ -746,7 +400,6 @@ class Session:
                         "tokens_per_s": len(lps) / max(c["seconds"], 1e-9), "done": c["done"]})
         return out
 
-    @torch.no_grad()
     def next_token(self, name: str, step: int, top: int = 10) -> dict:
         """The distribution the model gave at `step` (1-based) of the last comparison's column `name`,
         the token that column chose, and the same logits at several temperatures."""
@@ -757,59 +410,26 @@ class Session:
         col = self.comparison[name]
         step = min(check_int("step", step, 1, 1_000_000), len(col["ids"]))  # a longer run's step: its last
         ref = self.inference_model()
-        model, tok = ref.model, ref.tokenizer
-        context = (col["prompt_ids"] + col["ids"][:step - 1])[-model.config.block_size:]
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            with one_thread():
-                logits = model(torch.tensor([context], dtype=torch.long, device=device))[0][0, -1].float().cpu()
-        finally:
-            model.train(was_training)
-        chosen = col["ids"][step - 1]
-        probs = torch.softmax(logits, -1)
-        order = torch.argsort(probs, descending=True)
-        ids = order[:top].tolist()
-        if chosen not in ids:
-            ids.append(chosen)
-        rank = int((order == chosen).nonzero()[0, 0]) + 1
-        return {"column": name, "step": step, "context": tok.decode(context[-40:]), "ids": ids,
-                "pieces": tok.pieces(ids), "chosen": chosen, "chosen_piece": tok.pieces([chosen])[0],
-                "chosen_rank": rank, "sampling": col["sampling"],
-                "probs": {t: torch.softmax(logits / t, -1)[ids].tolist() for t in TEMPERATURES},
+        with one_thread():
+            info = next_token_at(ref.model, ref.tokenizer, col["prompt_ids"] + col["ids"][:step - 1],
+                                 col["ids"][step - 1], top, TEMPERATURES)
+        return {"column": name, "step": step, **info, "sampling": col["sampling"],
                 "changed": self.training or self.version != col["version"]}
 
     # -- attention --
 
-    @torch.no_grad()
     def attention(self, text: str | None = None, max_tokens: int = 96) -> dict:
         """Attention weights of every layer and head for `text` (or the last prompt): tokens, (L, nh, T, T).
 
         Long texts keep their last min(context, max_tokens) tokens: a bigger map is unreadable."""
         ref = self.inference_model()
-        model, tok = ref.model, ref.tokenizer
-        if not isinstance(model, GPT):
+        if not isinstance(ref.model, GPT):
             raise ValueError("the bigram model has no attention: each token looks only at itself. Train or load a GPT")
-        ids = tok.encode(self._view_text(text))
+        ids = ref.tokenizer.encode(self._view_text(text))
         if not ids:
             raise ValueError("enter some text to look at")
-        block = model.config.block_size
-        keep = min(block, max_tokens)
-        cropped = len(ids) > keep
-        ids = ids[-keep:]
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            with one_thread():
-                _, _, atts = model(torch.tensor([ids], dtype=torch.long, device=device), return_attn=True)
-        finally:
-            model.train(was_training)
-        weights = torch.stack([a[0] for a in atts]).float().cpu()  # (L, nh, T, T)
-        return {"tokens": tok.pieces(ids), "weights": weights, "cropped": cropped, "block_size": block,
-                "shown_max": max_tokens,
-                "n_layer": model.config.n_layer, "n_head": model.config.n_head}
+        with one_thread():
+            return attention_weights(ref.model, ref.tokenizer, ids, max_tokens)
 
     def score_scale(self, text: str | None = None):
         """Experiment 4 on the current model: per layer, the spread of its real q·k scores over `text`
@@ -821,74 +441,3 @@ class Session:
         """The text a view looks at: the one given, else the last prompt, else a line of Romeo."""
         text = check_text("text", text, self.pg.limits.max_prompt_chars)
         return text if text.strip() else (self.last_prompt or "ROMEO:\nBut soft, what light")
-
-
-# ---- stateless views ------------------------------------------------------------------------------
-
-def repeat_fraction(ids, n: int = 4) -> float:
-    """Share of the n-grams of `ids` that already occurred earlier (greedy decoding loops score high)."""
-    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
-    if not grams:
-        return 0.0
-    seen, again = set(), 0
-    for g in grams:
-        again += g in seen
-        seen.add(g)
-    return again / len(grams)
-
-
-def tokenize(text: str, char_vocab: str) -> dict:
-    """The same text through the character tokenizer (vocabulary `char_vocab`) and GPT-2 BPE.
-
-    Characters outside `char_vocab` get id None: the char model has no token for them.
-    """
-    if text is None:
-        text = ""
-    chars = CharTokenizer(list(char_vocab))
-    char_tokens = [(c, chars.stoi.get(c)) for c in text]
-    bpe = BPETokenizer()  # the full GPT-2 vocabulary (the encoding is built once per process)
-    gids = bpe.encode(text)
-    pieces = bpe.pieces(gids)
-    return {"text": text, "chars": len(text),
-            "char": {"tokens": char_tokens, "count": len(char_tokens), "vocab_size": chars.vocab_size,
-                     "unknown": sorted({c for c, i in char_tokens if i is None})},
-            "gpt2": {"tokens": list(zip(pieces, gids)), "count": len(gids), "vocab_size": bpe.vocab_size}}
-
-
-def sampling_columns(greedy: bool = True, multinomial: bool = True, low_t: float | None = 0.5,
-                     high_t: float | None = 2.0, top_k: int | None = None, top_p: float | None = None):
-    """The comparison's (name, SamplingConfig) columns from the Generate tab's switches."""
-    cols = []
-    if greedy:
-        cols.append(("greedy", SamplingConfig("greedy")))
-    if multinomial:
-        cols.append(("multinomial (T = 1)", SamplingConfig("multinomial")))
-    for t in (low_t, high_t):
-        if t is not None:
-            t = check_float("temperature", t, 0.0, 100.0, lo_open=True)
-            name = f"temperature T = {t:g}"
-            if name not in [c[0] for c in cols]:
-                cols.append((name, SamplingConfig("temperature", t)))
-    if top_k is not None:
-        k = check_int("top-k", top_k, 1, 1_000_000)
-        cols.append((f"top-k (k = {k})", SamplingConfig("multinomial", top_k=k)))
-    if top_p is not None:
-        p = check_float("top-p", top_p, 0.0, 1.0, lo_open=True)
-        cols.append((f"top-p (p = {p:g})", SamplingConfig("multinomial", top_p=p)))
-    return cols
-
-
-def read_text_file(path, limits: Limits) -> str:
-    """An uploaded training text: UTF-8, not binary, not empty, under the upload limit."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError("the uploaded file is missing; upload it again")
-    if p.stat().st_size > limits.max_upload_bytes:
-        raise DataError(f"{p.name} is over the upload limit of {limits.max_upload_mb:g} MB (MINIGPT_MAX_UPLOAD_MB)")
-    return decode_text(p.read_bytes(), name=p.name, max_bytes=limits.max_upload_bytes)
-
-
-def spec_dict(spec: TrainSpec) -> dict:
-    d = asdict(spec)
-    d["text"] = f"<{len(spec.text)} characters>" if spec.text else ""
-    return d

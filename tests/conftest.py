@@ -10,7 +10,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # app.py, concepts_tab.py, ui_inputs.py live at the top level
+sys.path.insert(0, str(ROOT))  # app.py lives at the top level (the page itself is minigpt/ui/)
 os.environ.setdefault("MINIGPT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 

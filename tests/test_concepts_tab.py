@@ -9,7 +9,7 @@ import gradio as gr  # noqa: E402
 import pytest  # noqa: E402
 from gradio_client import Client  # noqa: E402
 
-from concepts_tab import build_concepts_tab  # noqa: E402
+from minigpt.ui.concepts_tab import build_concepts_tab  # noqa: E402
 from minigpt import experiments as E  # noqa: E402
 
 

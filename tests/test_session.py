@@ -1,4 +1,5 @@
-"""The playground engine (minigpt/session.py): sessions, training, stop/continue/reset, sampling, attention."""
+"""The playground engine (minigpt/playground.py, session.py, training_view.py, estimate.py, views.py):
+sessions, training, stop/continue/reset, sampling, attention."""
 
 import threading
 import time
@@ -10,8 +11,10 @@ from minigpt.checkpoint import CheckpointError, save_checkpoint
 from minigpt.data import DataError
 from minigpt.limits import Limits
 from minigpt.model import GPTConfig, build_model
-from minigpt.session import (Playground, Thinned, TrainSpec, read_text_file, repeat_fraction, sampling_columns,
-                             tokenize)
+from minigpt.playground import Playground, tokenize
+from minigpt.train_spec import TrainSpec, read_text_file
+from minigpt.training_view import Thinned
+from minigpt.views import repeat_fraction, sampling_columns
 from minigpt.tokenizers import CharTokenizer
 
 

@@ -4,7 +4,8 @@ Gradio checks a slider's range and a radio's choices before a handler runs, but 
 ("Value 0 is less than minimum value 1.") do not say which knob, and a value of the wrong type
 or NaN, which a script can send, ends in an anonymous error. These subclasses say
 "heads must be between 1 and 32, got 0" instead. `is_template` makes Gradio draw them with the
-parent's front-end component.
+parent's front-end component (Gradio writes an `inputs.pyi` beside this file; it is ignored).
+May import gradio only.
 """
 
 from __future__ import annotations

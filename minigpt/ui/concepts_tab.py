@@ -1,10 +1,12 @@
 """The Concepts tab: three small experiments behind the design of a GPT (UI only).
 
-Call `build_concepts_tab()` inside an open `gr.Blocks()` (usually inside `gr.Tab("Concepts")`).
+Call `build_concepts_tab()` inside an open `gr.Blocks()` (usually inside `gr.Tab("Concepts")`;
+`build(page, tab)` does that for the page).
 Each experiment gets a sub-tab with its knobs, a Run button, the figures with what to look for
 under each, and the numbers. Handlers call minigpt/experiments.py for the numbers and
 minigpt/experiment_plots.py for the figures; ranges and defaults come from the knobs there.
-API endpoints: /softmax_scaling, /gradient_flow, /norm_compare.
+API endpoints: /softmax_scaling, /gradient_flow, /norm_compare. May import gradio, minigpt's core
+and minigpt.ui.inputs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import gradio as gr
 
 from minigpt import experiment_plots as P
 from minigpt import experiments as E
-from ui_inputs import CheckboxGroup, Dropdown, Number, Slider
+from .inputs import CheckboxGroup, Dropdown, Number, Slider
 
 EVENT = dict(show_progress="minimal", trigger_mode="always_last", concurrency_limit=2, concurrency_id="concepts")
 
@@ -159,3 +161,9 @@ def build_concepts_tab():
                                        code=(E.layer_norm_manual, E.batch_norm_manual))
             _wire([batch, features, shift, scale, feature_spread, bn_updates, seed], run, [norm_tab.select],
                   norm_compare, outputs, "norm_compare")
+
+
+def build(page, tab: gr.Tab) -> dict:
+    """The page's Concepts tab (its sub-tabs draw themselves when opened)."""
+    build_concepts_tab()
+    return {}

@@ -1,0 +1,82 @@
+"""The Train tab's form as plain data: `TrainSpec` (what the knobs say) and an uploaded training text.
+
+`TrainSpec.model_config` / `train_config` turn the knobs into validated configs, or raise a
+ValueError naming the knob. Core module: imports the model, train, data and limits modules only
+(never gradio or matplotlib).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import DataError, decode_text
+from .limits import Limits, check_float, check_int
+from .model import GPTConfig
+from .train import TrainConfig
+
+SHAKESPEARE = "shakespeare"
+
+
+@dataclass
+class TrainSpec:
+    """Everything the Train tab's knobs say (the page starts from these values); `configs` validate it."""
+    data: str = SHAKESPEARE     # "shakespeare" or "text" (pasted or uploaded)
+    text: str = ""              # the training text when data == "text"
+    tokenizer: str = "char"     # char | gpt2
+    model: str = "gpt"          # gpt | bigram
+    n_embd: int = 128
+    n_head: int = 4
+    n_layer: int = 4
+    block_size: int = 64
+    dropout: float = 0.0
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    budget: str = "seconds"     # seconds | iterations
+    amount: float = 60          # how many of them
+    eval_interval: int = 100    # steps between loss estimates (a sample every 2 evals)
+    seed: int = 1337
+    sample_tokens: int = 200    # length of the samples shown while training
+
+    def model_config(self, vocab_size: int, limits: Limits) -> GPTConfig:
+        if self.model not in ("gpt", "bigram"):
+            raise ValueError(f"model must be gpt or bigram, got {self.model!r}")
+        cfg = GPTConfig(vocab_size=vocab_size, block_size=check_int("context length", self.block_size, 1, limits.max_context),
+                        n_layer=check_int("layers", self.n_layer, 1, limits.max_layers),
+                        n_head=check_int("heads", self.n_head, 1, limits.max_heads),
+                        n_embd=check_int("embedding size", self.n_embd, 1, limits.max_embd),
+                        dropout=check_float("dropout", self.dropout, 0.0, 1.0, hi_open=True), model=self.model)
+        if cfg.model == "gpt" and cfg.n_embd % cfg.n_head:
+            raise ValueError(f"embedding size {cfg.n_embd} is not divisible by {cfg.n_head} heads: each head gets "
+                             f"n_embd / n_head dimensions (try {cfg.n_head * max(1, round(cfg.n_embd / cfg.n_head))} "
+                             f"or a head count that divides {cfg.n_embd})")
+        return cfg.validate(limits)
+
+    def train_config(self, limits: Limits) -> TrainConfig:
+        if self.budget not in ("seconds", "iterations"):
+            raise ValueError(f"budget must be seconds or iterations, got {self.budget!r}")
+        if self.budget == "seconds":
+            secs = check_float("seconds", self.amount, 0.0, limits.max_train_seconds, lo_open=True)
+            iters = limits.max_iters  # the schedule follows the clock
+        else:
+            iters = check_int("iterations", self.amount, 1, limits.max_iters)
+            secs = limits.max_train_seconds  # the time limit holds for every run
+        cfg = TrainConfig(batch_size=check_int("batch size", self.batch_size, 1, limits.max_batch),
+                          lr=check_float("learning rate", self.lr, 0.0, 1.0, lo_open=True),
+                          max_iters=iters, max_seconds=secs,
+                          eval_interval=check_int("eval interval", self.eval_interval, 1, limits.max_iters),
+                          warmup_iters=min(50, max(iters // 10, 1)),
+                          seed=check_int("seed", self.seed, 0, 2**31 - 1),
+                          sample_tokens=check_int("sample tokens", self.sample_tokens, 1, limits.max_new_tokens))
+        cfg.min_lr = min(cfg.min_lr, cfg.lr / 10)
+        return cfg.validate(limits)
+
+
+def read_text_file(path, limits: Limits) -> str:
+    """An uploaded training text: UTF-8, not binary, not empty, under the upload limit."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("the uploaded file is missing; upload it again")
+    if p.stat().st_size > limits.max_upload_bytes:
+        raise DataError(f"{p.name} is over the upload limit of {limits.max_upload_mb:g} MB (MINIGPT_MAX_UPLOAD_MB)")
+    return decode_text(p.read_bytes(), name=p.name, max_bytes=limits.max_upload_bytes)

@@ -1,0 +1,182 @@
+"""A training run as the page sees it: `TrainView` snapshots of a run going on in a thread of its own.
+
+`LiveTraining` runs `train()` in a background thread exactly as the CLI runs it and folds its
+events into a `TrainView`; the page takes throttled, copied snapshots, so a slow browser never
+slows training. `StopFlag` is the run's stop request and also tells when the trainer has seen it,
+so Stop can answer at once ("stopped at iteration N") while the end-of-run full validation goes
+on. Core module: imports the train module and torch only (never gradio or matplotlib).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .limits import Limits
+from .train import Done, Eval, Run, Sample, Start, Step, TrainConfig, train
+
+
+class Thinned:
+    """A list that keeps at most about `cap` points by doubling its stride (for light live plots)."""
+
+    def __init__(self, cap: int = 400):
+        self.cap, self.stride, self.count, self.items = cap, 1, 0, []
+
+    def add(self, item):
+        if self.count % self.stride == 0:
+            self.items.append(item)
+            if len(self.items) > self.cap:
+                self.items = self.items[::2]
+                self.stride *= 2
+        self.count += 1
+
+
+@dataclass
+class TrainView:
+    """A snapshot of a training run for the page (copied lists: safe to hand to another thread)."""
+    state: str = "idle"         # idle | training | stopping (asked) | stopped (left its loop; full val runs) | done
+    iter: int = 0
+    start_iter: int = 0
+    loss: float | None = None
+    val_loss: float | None = None
+    tokens_per_s: float = 0.0
+    elapsed: float = 0.0
+    eta: float = 0.0
+    progress: float = 0.0
+    params: int = 0
+    device: str = ""
+    dtype: str = ""
+    steps: list = field(default_factory=list)   # (iter, batch loss), thinned
+    evals: list = field(default_factory=list)   # (iter, train estimate, val estimate)
+    sample: str = ""
+    sample_iter: int | None = None
+    reason: str = ""
+    message: str = ""
+    final_val_loss: float | None = None
+    card: dict = field(default_factory=dict)
+
+
+class StopFlag(threading.Event):
+    """A stop request that also records when the trainer saw it.
+
+    `train()` reads its stop flag at the top of every step and leaves the loop as soon as it
+    finds it set, so the first read that finds it set means: training proper is over, the model
+    will not change again (only the end-of-run full validation is left). Only the trainer reads
+    this flag; everyone else calls `set`.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seen = threading.Event()
+
+    def is_set(self) -> bool:
+        requested = super().is_set()
+        if requested:
+            self.seen.set()
+        return requested
+
+    def clear(self):
+        super().clear()
+        self.seen.clear()
+
+
+class LiveTraining:
+    """`train(run, cfg)` in a thread of its own, folded into a TrainView.
+
+    `on_done(view, event)` runs in the trainer thread when the Done event arrives (under the
+    view's lock), for the owner's bookkeeping (run card, speed calibration).
+    """
+
+    def __init__(self, run: Run, cfg: TrainConfig, stop: StopFlag, limits: Limits, threads: int, view: TrainView,
+                 steps: Thinned, on_done: Callable[[TrainView, Done], None] | None = None, name: str = "minigpt-train"):
+        self.run, self.cfg, self.stop, self.limits, self.threads = run, cfg, stop, limits, threads
+        self.view, self.steps, self.on_done = view, steps, on_done
+        self.lock, self.news, self.finished = threading.Lock(), threading.Event(), threading.Event()
+        self.failure: list[BaseException] = []
+        self.thread = threading.Thread(target=self._work, name=name, daemon=True)
+
+    def start(self) -> "LiveTraining":
+        self.thread.start()
+        return self
+
+    def _work(self):
+        torch.set_num_threads(self.threads)  # this thread's own setting, as in the CLI's main thread
+        try:
+            for ev in train(self.run, self.cfg, self.stop, self.limits):
+                with self.lock:
+                    self._apply(ev)
+                if isinstance(ev, (Start, Sample, Done)):
+                    self.news.set()  # worth showing at once
+        except BaseException as e:  # handed to the consumer
+            self.failure.append(e)
+        finally:
+            self.finished.set()
+            self.news.set()
+
+    def _apply(self, ev):
+        view = self.view
+        if isinstance(ev, Start):
+            view.params, view.device, view.dtype = ev.params, ev.device, ev.dtype
+        elif isinstance(ev, Step):
+            view.iter, view.loss, view.tokens_per_s = ev.iter, ev.loss, ev.tokens_per_s
+            view.elapsed, view.eta, view.progress = ev.elapsed, ev.eta, ev.progress
+            self.steps.add((ev.iter, ev.loss))
+        elif isinstance(ev, Eval):
+            view.val_loss = ev.val_loss
+            view.evals.append((ev.iter, ev.train_loss, ev.val_loss))
+        elif isinstance(ev, Sample):
+            view.sample, view.sample_iter = ev.text, ev.iter
+        elif isinstance(ev, Done):
+            view.state, view.reason, view.message = "done", ev.reason, ev.message or view.message
+            view.iter, view.final_val_loss = ev.iters, ev.final_val_loss
+            view.progress = 1.0 if ev.reason in ("max_iters", "max_seconds", "target") else view.progress
+            view.eta = 0.0
+            if ev.tokens_per_s:
+                view.tokens_per_s = ev.tokens_per_s
+            view.card = self.run.run_card()
+            if self.on_done is not None:
+                self.on_done(view, ev)
+
+    def snapshot(self) -> TrainView:
+        with self.lock:
+            snap = copy.copy(self.view)
+            snap.steps, snap.evals, snap.card = list(self.steps.items), list(self.view.evals), dict(self.view.card)
+        return snap
+
+    def views(self, interval: float = 0.5):
+        """Snapshots at most every `interval` s (and at once on news), then the final view after the
+        trainer has finished; a failure in the trainer is raised here."""
+        interval = max(interval, 0.05)  # a busier loop here would take the GIL from the trainer
+        while not self.finished.is_set():
+            self.news.wait(interval)
+            self.news.clear()
+            snap = self.snapshot()
+            if snap.state == "done" or self.finished.is_set():
+                break  # the final view comes once, after the trainer has finished
+            yield snap
+        self.thread.join()
+        if self.failure:
+            raise self.failure[0]
+        yield self.snapshot()
+
+    def stopping(self, wait: float) -> TrainView:
+        """Ask the run to stop and wait up to `wait` s for the trainer to leave its loop: the view then
+        says 'stopped at iteration N' (state "stopped"; the full validation follows), else "stopping"."""
+        self.stop.set()
+        self.stop.seen.wait(wait)
+        with self.lock:
+            if self.view.state in ("training", "stopping"):
+                self.view.state = "stopped" if self.stop.seen.is_set() else "stopping"
+                self.view.eta = 0.0
+        self.news.set()
+        return self.snapshot()
+
+    def finish(self):
+        """Stop the run if it is still going, and wait for it to end whole (model, run card)."""
+        if self.thread.is_alive():
+            self.stop.set()
+            self.thread.join()

@@ -1,0 +1,74 @@
+"""The page: the header, the tabs in order, and the page-wide events; `launch_kwargs()` for launch().
+
+To add a tab: write `minigpt/ui/<name>_tab.py` with a `build(page, tab)` and add it to TABS.
+May import gradio, minigpt's core and every minigpt.ui module.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+
+import gradio as gr
+import torch
+
+from minigpt import __version__, plots
+from minigpt.device import pick_precision
+
+from . import attention_tab, checkpoints_tab, concepts_tab, generate_tab, tokenizer_tab, train_tab
+from .common import LIMITS, PLAYGROUND, Page, save_dir, session_of
+from .theme import CSS, theme
+
+TABS = [  # (label, id, module): each module's build(page, tab) lays out and wires its tab
+    ("Train", "train", train_tab),
+    ("Generate", "generate", generate_tab),
+    ("Attention", "attention", attention_tab),
+    ("Tokenizer", "tokenizer", tokenizer_tab),
+    ("Checkpoints", "checkpoints", checkpoints_tab),
+    ("Concepts", "concepts", concepts_tab),
+]
+
+
+def device_line() -> str:
+    dev = PLAYGROUND.device
+    small, wide = pick_precision(dev, "auto", 128).dtype, pick_precision(dev, "auto", 384).dtype
+    dtype = small if small == wide else f"{small} (bfloat16 from 256 wide)"
+    return f"running on <b>{dev}</b> · training in {dtype} · torch {torch.__version__} · minigpt {__version__}"
+
+
+def on_load(request: gr.Request):
+    try:
+        return plots.model_html(session_of(request).info())
+    except ValueError as e:  # no shipped model: the page still works, Train makes one
+        return f'<div class="mg-model">No model yet ({e}).</div>'
+
+
+def on_unload(request: gr.Request):
+    """The tab closed: forget its session (model, run) and its saved files."""
+    key = getattr(request, "session_hash", None)
+    if key:
+        PLAYGROUND.drop(key)
+        shutil.rmtree(save_dir(key, create=False), ignore_errors=True)
+        gc.collect()
+
+
+def build_ui() -> gr.Blocks:
+    with gr.Blocks(title="minigpt playground", delete_cache=(3600, 7200)) as demo:
+        gr.Markdown(f"## minigpt playground <span class='mg-sub'>train a small GPT live, compare sampling, "
+                    f"look inside attention · {device_line()}</span>", elem_classes="mg-header")
+        badge = gr.HTML('<div class="mg-model">Loading the shipped model…</div>', elem_id="model-badge")
+        page = Page(demo=demo, badge=badge)
+        with gr.Tabs():
+            for label, tab_id, module in TABS:
+                with gr.Tab(label, id=tab_id) as tab:
+                    module.build(page, tab)
+        demo.load(on_load, None, badge, api_name="on_load", api_visibility="private")
+        demo.unload(on_unload)
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """What `launch()` needs besides host and port (which come from GRADIO_SERVER_NAME / _PORT)."""
+    return dict(max_file_size=LIMITS.max_upload_bytes, theme=theme(), css=CSS,
+                footer_links=["api", "gradio", "settings"], run_history=False)
