@@ -1,4 +1,4 @@
-"""Command line: `python -m minigpt train|sample|eval|info|explain|bench ...`.
+"""Command line: `python -m minigpt train|sample|eval|info|explain|bench|prepare|download ...`.
 
 Every user error (a bad flag value, a missing file, a bad checkpoint) exits 2 with one line on
 stderr; defaults come from the config dataclasses, so the CLI and the app agree.
@@ -341,7 +341,7 @@ def run_info(args) -> int:
 def _register_optional(sub):
     """Subcommands that live in their own modules."""
     import importlib
-    for module in ("experiments_cli", "bench", "prepare"):
+    for module in ("experiments_cli", "bench", "prepare", "download"):
         try:
             mod = importlib.import_module(f"minigpt.{module}")
         except ModuleNotFoundError as e:

@@ -22,7 +22,7 @@ from .device import pick_device
 from .estimate import Estimate, SpeedModel, estimate
 from .limits import Limits
 from .session import ModelRef, Session
-from .tokenizers import BPETokenizer, CharTokenizer, build_tokenizer
+from .tokenizers import GPT2_VOCAB, BPETokenizer, CharTokenizer, build_tokenizer
 from .train_spec import SHAKESPEARE, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,10 +189,14 @@ def tokenize(text: str, char_vocab: str) -> dict:
         text = ""
     chars = CharTokenizer(list(char_vocab))
     char_tokens = [(c, chars.stoi.get(c)) for c in text]
-    bpe = BPETokenizer()  # the full GPT-2 vocabulary (the encoding is built once per process)
-    gids = bpe.encode(text)
-    pieces = bpe.pieces(gids)
+    try:
+        bpe = BPETokenizer()  # the full GPT-2 vocabulary (the encoding is built once per process)
+        gids = bpe.encode(text)
+        gpt2 = {"tokens": list(zip(bpe.pieces(gids), gids)), "count": len(gids), "vocab_size": bpe.vocab_size}
+    except OSError as e:  # offline without the ranks: the character side still works
+        gpt2 = {"tokens": [], "count": 0, "vocab_size": GPT2_VOCAB,
+                "error": f"GPT-2 BPE is not available here ({e}); `python -m minigpt download` fetches its ranks"}
     return {"text": text, "chars": len(text),
             "char": {"tokens": char_tokens, "count": len(char_tokens), "vocab_size": chars.vocab_size,
                      "unknown": sorted({c for c, i in char_tokens if i is None})},
-            "gpt2": {"tokens": list(zip(pieces, gids)), "count": len(gids), "vocab_size": bpe.vocab_size}}
+            "gpt2": gpt2}

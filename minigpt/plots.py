@@ -76,9 +76,10 @@ def status_html(view) -> str:
         head = (f"<b>Finished</b> ({reasons.get(view.reason, view.reason)}) after <b>{view.iter:,}</b> iterations · "
                 f"full validation loss <b>{final}</b> · {view.tokens_per_s / 1000:.1f} k tokens/s")
     elif view.state in ("stopped", "stopping"):
-        when = "at" if view.state == "stopped" else "after the current step, near"
-        head = (f"<b>Stopped</b> {when} iteration <b>{view.iter:,}</b> · the model is kept · loss <b>{loss}</b> · "
-                f"val <b>{val}</b> · measuring the full validation loss…")
+        when = (f"<b>Stopped</b> at iteration <b>{view.iter:,}</b>" if view.state == "stopped" else
+                f"<b>Stopping</b> after the step in progress (iteration <b>{view.iter + 1:,}</b> at most)")
+        head = (f"{when} · the model is kept · loss <b>{loss}</b> · val <b>{val}</b> · "
+                f"measuring the full validation loss…")
     else:
         head = (f"iteration <b>{view.iter:,}</b> · loss <b>{loss}</b> · val <b>{val}</b> · "
                 f"<b>{view.tokens_per_s / 1000:.1f} k</b> tokens/s · {fmt_time(view.elapsed)} elapsed · "
@@ -314,7 +315,7 @@ def tokens_html(result: dict, max_tokens: int = 600) -> str:
         toks = r["tokens"]
         more = f' <span class="mg-muted">(first {max_tokens} shown)</span>' if len(toks) > max_tokens else ""
         ratio = f" · {n / r['count']:.2f} characters a token" if r["count"] else ""
-        unknown = ""
+        unknown = f'<p class="mg-warn">{html.escape(r["error"])}</p>' if r.get("error") else ""
         if r.get("unknown"):
             unknown = (f'<p class="mg-warn">{len(r["unknown"])} character(s) are not in the char vocabulary: '
                        f'{html.escape(" ".join(show_token(c) for c in r["unknown"]))} — the char model cannot read them.</p>')

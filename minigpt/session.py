@@ -232,7 +232,7 @@ class Session:
             raise DataError(f"the text gives {len(splits.train)} training tokens, too few for a context of "
                             f"{block}: use more text or a shorter context")
 
-    def stop_soon(self, wait: float = 0.8) -> TrainView:
+    def stop_soon(self, wait: float = 0.5) -> TrainView:
         """Ask the training to stop and answer within about `wait` s: the view says it stopped at
         iteration N and the model is kept; `stop()` then waits for the full-validation loss."""
         live = self._live

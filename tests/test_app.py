@@ -1,5 +1,6 @@
 """The page's API, end to end: the app launched in-process on 127.0.0.1 and driven with gradio_client."""
 
+import re
 import time
 from pathlib import Path
 
@@ -193,3 +194,39 @@ def test_a_closed_client_frees_its_session(server):
     assert key in app.PLAYGROUND
     c.close()
     assert wait_for(lambda: key not in app.PLAYGROUND, timeout=30)
+
+
+def iteration(status_html: str) -> int:
+    m = re.search(r"iteration <b>([\d,]+)</b>", status_html)
+    return int(m.group(1).replace(",", "")) if m else -1
+
+
+def test_train_estimate_and_continue_need_no_arguments_and_stop_answers_within_a_second(server, tmp_path):
+    """The page's defaults are the endpoints' defaults; Stop's first update comes at once, the
+    full-validation loss as a later update of the same status."""
+    app, url = server
+    c = Client(url, verbose=False, download_files=str(tmp_path))
+    try:
+        html = c.predict(api_name="/estimate")
+        assert "parameters" in html and "Cannot" not in html
+        job = c.submit(api_name="/train")  # the page's default model and budget (4 × 128, 60 s)
+        assert wait_for(lambda: job.outputs() and iteration(job.outputs()[-1][1]) >= 5, timeout=120)
+        t0 = time.monotonic()
+        stop = c.submit(api_name="/stop")
+        assert wait_for(lambda: len(stop.outputs()) >= 1, timeout=10, every=0.01)
+        first_after = time.monotonic() - t0
+        first = stop.outputs()[0][1]
+        assert first_after <= 1.0, f"Stop's first update took {first_after:.2f} s"
+        assert "Stop" in first and "the model is kept" in first and "measuring the full validation loss" in first
+        last = stop.result(timeout=120)
+        assert "Finished" in last[1] and "(stopped)" in last[1] and isinstance(last[3]["val_loss"], float)
+        assert f"full validation loss <b>{last[3]['val_loss']:.4f}</b>" in last[1]
+        assert wait_for(job.done, timeout=30)
+        stopped_at = last[3]["iters"]
+        cont = c.submit(api_name="/continue_training")  # resumes the run, with the page's budget
+        assert wait_for(lambda: cont.outputs() and iteration(cont.outputs()[-1][1]) > stopped_at, timeout=120)
+        c.predict(api_name="/stop")
+        assert wait_for(cont.done, timeout=60)
+        assert c.predict(api_name="/model_info")[0]["training"]["iters"] > stopped_at
+    finally:
+        c.close()

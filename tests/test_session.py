@@ -334,3 +334,58 @@ def test_read_text_file_checks_uploads(tmp_path):
         read_text_file(binary, Limits())
     with pytest.raises(DataError, match="over the upload limit"):
         read_text_file(ok, Limits(max_upload_mb=1e-6))
+
+
+def test_stop_soon_answers_before_the_full_validation(pg, small_text, monkeypatch):
+    """Stop's first answer (stopped at iteration N, model kept) does not wait for the full-validation loss."""
+    import minigpt.train as train_module
+    real = train_module.full_val_loss
+
+    def slow_full_val(*args, **kwargs):
+        time.sleep(3.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "full_val_loss", slow_full_val)
+    s = pg.session("soon")
+    views = []
+    runner = threading.Thread(target=lambda: views.extend(s.train(tiny_spec(small_text, budget="seconds", amount=60),
+                                                                  interval=0.05)))
+    runner.start()
+    assert wait_until(lambda: views and views[-1].iter >= 5)
+    t0 = time.monotonic()
+    first = s.stop_soon()
+    assert time.monotonic() - t0 < 1.0
+    # "stopped": the trainer has left its loop; "stopping": it is finishing the step in progress (a busy machine)
+    assert first.state in ("stopped", "stopping") and first.final_val_loss is None and s.training
+    assert s.current().source == "trained in this session"
+    final = s.stop(wait=30)
+    runner.join(5)
+    assert final.state == "done" and final.reason == "stopped" and final.final_val_loss is not None
+    assert final.iter == s.run.iters and final.iter - first.iter <= (0 if first.state == "stopped" else 1)
+    assert views[-1].state == "done"  # the training stream ends with the same final view
+    assert s.stop_soon().state == "done"  # nothing to stop: the last view
+
+
+def wait_until(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+def test_tokenizer_view_works_offline_from_the_shipped_vocabulary(pg, tmp_path, monkeypatch):
+    """No Tiny Shakespeare file and no network: the char side uses the shipped model's vocabulary."""
+    import minigpt.data
+    import minigpt.tokenizers
+
+    def offline(*args, **kwargs):
+        raise OSError("no network here")
+
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr(minigpt.data, "download", offline)
+    monkeypatch.setattr(minigpt.tokenizers, "gpt2_encoding", offline)
+    shipped_chars = "".join(pg.shipped().tokenizer.chars)
+    assert pg.char_vocab() == shipped_chars
+    r = pg.tokenize("First Citizen")
+    assert r["char"]["count"] == 13 and r["char"]["vocab_size"] == len(shipped_chars) and not r["char"]["unknown"]
+    assert r["gpt2"]["count"] == 0 and "minigpt download" in r["gpt2"]["error"]
