@@ -352,7 +352,8 @@ def _register_optional(sub):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m minigpt", description="minigpt: a small, fast, clear GPT playground")
+    prog = "python -m minigpt" if sys.argv[0].endswith("__main__.py") else "minigpt"  # the console script
+    parser = argparse.ArgumentParser(prog=prog, description="minigpt: a small, fast, clear GPT playground")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train(sub)
     add_sample(sub)
