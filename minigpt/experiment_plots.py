@@ -1,4 +1,4 @@
-"""Figures for the Concepts experiments (minigpt/experiments.py): numbers in, matplotlib Figure out.
+"""Figures for the Concepts experiments (minigpt/experiments/): numbers in, matplotlib Figure out.
 
 Built with the object-oriented API (`matplotlib.figure.Figure`), never pyplot, because the app
 draws them in worker threads and pyplot's figure registry is not thread-safe. Every value drawn

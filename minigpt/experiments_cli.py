@@ -6,7 +6,7 @@
     python -m minigpt explain scores checkpoints/shakespeare-char.safetensors --text "ROMEO: ..."
 
 Prints the same numbers as the Concepts tab (a table, then what to look for), or with --json one
-JSON object on the last line. Flags, ranges and defaults come from the knobs in experiments.py;
+JSON object on the last line. Flags, ranges and defaults come from the knobs in experiments/common.py;
 a bad value exits 2 with one line on stderr.
 """
 

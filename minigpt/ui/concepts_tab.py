@@ -3,7 +3,7 @@
 Call `build_concepts_tab()` inside an open `gr.Blocks()` (usually inside `gr.Tab("Concepts")`;
 `build(page, tab)` does that for the page).
 Each experiment gets a sub-tab with its knobs, a Run button, the figures with what to look for
-under each, and the numbers. Handlers call minigpt/experiments.py for the numbers and
+under each, and the numbers. Handlers call minigpt/experiments/ for the numbers and
 minigpt/experiment_plots.py for the figures; ranges and defaults come from the knobs there.
 API endpoints: /softmax_scaling, /gradient_flow, /norm_compare. May import gradio, minigpt's core
 and minigpt.ui.inputs.
