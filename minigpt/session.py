@@ -140,7 +140,8 @@ class Session:
         stays on one thread for the whole run (torch's thread settings are per thread; a streamed
         handler's chunks run on whichever worker thread is free). Setup errors raise ValueError
         before anything changes. If the consumer stops early (the browser's Stop cancels the
-        request), the run is stopped and finished cleanly all the same.
+        request), the run is stopped and finishes cleanly all the same, in the background; the
+        session counts as training until it has.
         """
         limits = self.pg.limits
         if not self._train_lock.acquire(blocking=False):
@@ -166,15 +167,34 @@ class Session:
             live = self._live = LiveTraining(run, tcfg, self.stop_event, limits, self.pg.threads, view, steps,
                                              on_done=self._done, name=f"minigpt-train-{self.key[:8]}")
             self.view = live.start().snapshot()
-            try:
-                yield from live.views(interval)
-            finally:
-                live.finish()  # closed early (the browser's Stop cancels the request): stop, let the run end whole
-                self._old_steps = list(steps.items)
-                self.view = live.snapshot()
-                run.model.eval()  # inference mode between trainings (train() switches it back)
-                self.version += 1
-                self._live = None
+        except BaseException:
+            self._idle.set()
+            self._train_lock.release()
+            raise
+        closed_early = True
+        try:
+            yield from live.views(interval)
+            closed_early = False
+        finally:
+            if closed_early and live.thread.is_alive():
+                # Closed early (the browser's Stop cancels the request, and Gradio closes the generator on
+                # its event loop): stop the run and let it end whole (model, card, full validation) in the
+                # background, so the server is not held up meanwhile. The session stays busy until then.
+                live.stop.set()
+                threading.Thread(target=self._wrap_up, args=(live, steps), name=f"minigpt-wrap-{self.key[:8]}",
+                                 daemon=True).start()
+            else:
+                self._wrap_up(live, steps)
+
+    def _wrap_up(self, live: LiveTraining, steps: Thinned):
+        """After a run: keep its final view and curve, model in inference mode, the session free again."""
+        try:
+            live.finish()
+            self._old_steps = list(steps.items)
+            self.view = live.snapshot()
+            live.run.model.eval()  # inference mode between trainings (train() switches it back)
+            self.version += 1
+            self._live = None
         finally:
             self._idle.set()
             self._train_lock.release()

@@ -1,7 +1,8 @@
 """The page in a real browser: Debian's chromium driven by Playwright, at a projector's 1280×800.
 
 Trains a tiny model (loss plot and sample appear, Stop halts it), runs the sampling comparison,
-opens every tab, and saves screenshots under test-output/screenshots/ for a person to look at.
+opens every tab, and saves screenshots under test-output/screenshots/ for a person to look at
+(readme.png there is the README's picture, docs/playground.png).
 """
 
 import os
@@ -15,6 +16,9 @@ SHOTS = ROOT / "test-output" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+VIEWPORT = {"width": 1280, "height": 800}
+README_SIZE = {"width": 1280, "height": 1000}
 
 pytestmark = pytest.mark.slow  # ~30-60 s: a browser, a training run, every tab
 
@@ -33,7 +37,7 @@ def page(url):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 800})
+        pg = browser.new_page(viewport=VIEWPORT)
         pg.set_default_timeout(60_000)
         pg.goto(url)
         pg.wait_for_selector("#model-badge >> text=Current model: shipped")
@@ -49,6 +53,29 @@ def set_number(page, elem_id: str, value):
 
 def shoot(page, name: str, full: bool = False):
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
+
+
+def readme_png(page, limit: int = 300_000):
+    """The README's picture of the page (docs/playground.png is a copy): 256 colours, under `limit` bytes."""
+    from PIL import Image
+    raw = SHOTS / "readme-raw.png"
+    page.set_viewport_size(README_SIZE)  # tall enough for the comparison's cards under the controls
+    try:
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(raw))
+    finally:
+        page.set_viewport_size(VIEWPORT)
+    out = SHOTS / "readme.png"
+    Image.open(raw).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+    assert 0 < out.stat().st_size <= limit, f"{out} is {out.stat().st_size:,} bytes"
+
+
+def test_the_readme_picture_is_committed_and_small():
+    from PIL import Image
+    png = ROOT / "docs" / "playground.png"
+    assert png.stat().st_size <= 300_000 and "docs/playground.png" in (ROOT / "README.md").read_text()
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (README_SIZE["width"], README_SIZE["height"])
 
 
 def test_train_stream_and_stop(page):
@@ -70,7 +97,10 @@ def test_train_stream_and_stop(page):
 
     t0 = time.monotonic()
     page.locator("#stop-btn").click()
+    page.wait_for_selector("#train-status >> text=the model is kept", timeout=10_000)
+    stopped_after = time.monotonic() - t0
     page.wait_for_selector("#train-status >> text=Finished", timeout=30_000)
+    assert stopped_after <= 1.5, f"Stop showed after {stopped_after:.2f} s"  # 1 s, plus the browser's own round trip
     assert time.monotonic() - t0 < 15
     assert "stopped" in page.locator("#train-status").inner_text()
     page.wait_for_selector("#model-badge >> text=trained in this session")
@@ -90,6 +120,7 @@ def test_compare_sampling_and_next_token(page):
     assert page.locator("#compare-out .mg-tok[title]").count() > 100  # coloured tokens with hover alternatives
     page.wait_for_selector("#next-token-plot img")
     shoot(page, "04-generate")
+    readme_png(page)
     page.locator("#next-token-plot").scroll_into_view_if_needed()
     shoot(page, "05-next-token")
 

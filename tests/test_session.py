@@ -144,8 +144,11 @@ def test_closing_the_stream_early_still_finishes_the_run(pg, small_text):
     stream = s.train(tiny_spec(small_text, budget="seconds", amount=60), interval=0.0)
     next(stream)
     next(stream)
-    stream.close()  # what Gradio's cancel does to the handler
-    assert not s.training and s.view.state == "done" and s.view.reason == "stopped"
+    t0 = time.monotonic()
+    stream.close()  # what Gradio's cancel does to the handler, on its event loop: it must not wait for the run
+    assert time.monotonic() - t0 < 1.0
+    final = s.stop(wait=30)  # the run ends whole in the background
+    assert not s.training and final.state == "done" and final.reason == "stopped"
     assert s.run.final_val_loss is not None
     list(s.train(tiny_spec(small_text, amount=5), interval=0.0))  # the lock was released
 
