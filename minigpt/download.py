@@ -39,12 +39,13 @@ def fetch_all(force: bool = False, timeout: float = 30.0, say=print) -> list[Pat
     return done
 
 
+HELP = "fetch Tiny Shakespeare and the GPT-2 BPE ranks into the data directory"
+DETAILS = ("($MINIGPT_DATA_DIR, default ~/.cache/minigpt) ahead of time, so training and the Tokenizer tab work "
+           "offline; each file is checked against its sha256. Example: python -m minigpt download")
+
+
 def register(subparsers):
-    p = subparsers.add_parser("download", help="fetch Tiny Shakespeare and the GPT-2 BPE ranks into the data directory",
-                              description="Fetch Tiny Shakespeare and the GPT-2 BPE ranks into the data directory "
-                                          "($MINIGPT_DATA_DIR, default ~/.cache/minigpt) ahead of time, so "
-                                          "training and the Tokenizer tab work offline. Each file is checked "
-                                          "against its sha256. Example: python -m minigpt download")
+    p = subparsers.add_parser("download", help=HELP, description=f"{HELP[0].upper()}{HELP[1:]} {DETAILS}")
     p.add_argument("--force", action="store_true", help="download again even when a good copy is there")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each server (default 30)")
     p.set_defaults(func=run)
