@@ -11,7 +11,6 @@ matplotlib).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import threading
@@ -34,7 +33,7 @@ from .sampling import SamplingConfig
 from .train import Done, Run
 from .train_spec import SHAKESPEARE, TrainSpec
 from .training_view import LiveTraining, StopFlag, Thinned, TrainView
-from .views import attention_weights, next_token_at, repeat_fraction
+from .views import attention_weights, next_token_at, one_thread, repeat_fraction
 
 if TYPE_CHECKING:
     from .playground import Playground
@@ -50,26 +49,6 @@ class ModelRef:
     source: str                                 # e.g. "shipped", "trained in this session", "uploaded x.safetensors"
     card: dict = field(default_factory=dict)    # the run card (checkpoint metadata or run.run_card())
     shared: bool = False                        # the shipped model: read-only, never trained in place
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run a small inference step on one intra-op thread, then restore this thread's setting.
-
-    Decoding one token at a time is a chain of tiny ops: on a busy 2-core machine (someone is
-    training) two OpenMP threads spend their time waiting for each other, measured here 10-30x
-    slower than one. The setting is per thread, so it must not span a `yield` (the next chunk of a
-    streamed handler may run on another worker thread).
-    """
-    prev = torch.get_num_threads()
-    if prev == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 # ---- one user's session -------------------------------------------------------------------------

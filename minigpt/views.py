@@ -1,5 +1,6 @@
 """Read-only views of a model for the page: the sampling comparison's columns and their share of
-repeats, the next-token distribution at one step, and the attention weights of a text.
+repeats, the next-token distribution at one step, and the attention weights of a text; and
+`one_thread`, for the small inference steps the page runs.
 
 Pure functions of a model, a tokenizer and ids; the model is put in eval mode for the call and
 given back as it was. Core module: imports minigpt's model and sampling modules only (never gradio
@@ -14,6 +15,26 @@ import torch
 
 from .limits import check_float, check_int
 from .sampling import SamplingConfig
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run a small inference step on one intra-op thread, then restore this thread's setting.
+
+    Decoding one token at a time is a chain of tiny ops: on a busy 2-core machine (someone is
+    training) two OpenMP threads spend their time waiting for each other, measured here 10-30x
+    slower than one. The setting is per thread, so it must not span a `yield` (the next chunk of a
+    streamed handler may run on another worker thread).
+    """
+    prev = torch.get_num_threads()
+    if prev == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 @contextlib.contextmanager
