@@ -269,3 +269,37 @@ def test_layer_figures_build():
     fig = layer_act_figure([{"iter": 5, "layer_act_std": [1.0, 2.0], "layer_grad_norms": []}])
     assert list(fig.axes[0].lines[-1].get_ydata()) == [1.0, 2.0]
     assert layer_grad_figure([]).axes[0].texts  # nothing yet: a note, not an error
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+def test_cli_trains_with_switches_logs_diagnostics_and_info_shows_them(tmp_path, capsys):
+    from conftest import SMALL_TEXT
+
+    from minigpt.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text(SMALL_TEXT)
+    out = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(text), "--n-layer", "2", "--n-embd", "16", "--n-head", "1",
+                 "--block-size", "16", "--max-iters", "20", "--eval-interval", "10", "--eval-iters", "1",
+                 "--out", str(out), "--log-json", "--norm", "rms", "--no-residual", "--no-pos-emb",
+                 "--activation", "tanh"]) == 0
+    evals = [e for e in map(json.loads, capsys.readouterr().out.splitlines()) if e.get("event") == "eval"]
+    assert len(evals) == 2
+    for e in evals:
+        assert all(len(e[k]) == 2 for k in ("layer_grad_norms", "layer_act_std", "layer_attn_entropy"))
+        assert all(v > 0 for v in e["layer_grad_norms"] + e["layer_act_std"])
+        assert all(0 < v < math.log(16) for v in e["layer_attn_entropy"])
+    assert main(["info", str(out)]) == 0
+    assert "arch       RMSNorm, no residual, tanh MLP, no position embeddings" in capsys.readouterr().out
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["norm"] == "rms" and info["config"]["pos_emb"] is False
+    assert info["training"]["architecture"] == info["architecture"]
+    assert main(["train", "--data", str(text), "--no-mlp", "--activation", "relu", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: activation 'relu' needs the MLP: without it (mlp off) there is no activation to change"]
+    with pytest.raises(SystemExit) as e:  # argparse: exit 2 with the choices
+        main(["train", "--norm", "group"])
+    assert e.value.code == 2 and "invalid choice: 'group'" in capsys.readouterr().err
