@@ -97,6 +97,7 @@ def test_parameter_counts_follow_the_formulas():
         for bias in (False, True):
             cfg = GPTConfig(**TINY, bias=bias, **switches)
             assert GPT(cfg).num_params() == estimate_params(cfg), (switches, bias)
+            assert GPT(cfg).num_params(non_embedding=True) == estimate_params(cfg, non_embedding=True)
     with_bias = GPTConfig(**TINY, bias=True)
     assert estimate_params(with_bias) - estimate_params(GPTConfig(**TINY, bias=True, norm="rms")) == (2 * L + 1) * C
 
