@@ -29,7 +29,7 @@ def _fmt_time(seconds: float) -> str:
 # ---- train --------------------------------------------------------------------------------------
 
 def add_train(sub):
-    from .model import GPTConfig
+    from .model import ACTIVATIONS, NORMS, GPTConfig
     from .train import TrainConfig
     m, t = GPTConfig(), TrainConfig()
     p = sub.add_parser("train", help="train a model and save a .safetensors checkpoint",
@@ -47,6 +47,17 @@ def add_train(sub):
     p.add_argument("--n-embd", type=int, default=m.n_embd, help=f"embedding width (default {m.n_embd})")
     p.add_argument("--block-size", type=int, default=m.block_size, help=f"context length (default {m.block_size})")
     p.add_argument("--dropout", type=float, default=m.dropout, help=f"dropout (default {m.dropout})")
+    arch = p.add_argument_group("architecture switches (GPT only; the defaults are the standard GPT)")
+    arch.add_argument("--norm", default=m.norm, choices=list(NORMS),
+                      help="normalisation before each sublayer: layer (default), batch (over batch × time in "
+                           "training: leaks statistics across positions), rms, or none")
+    arch.add_argument("--no-residual", dest="residual", action="store_false",
+                      help="no residual connections: each sublayer's output replaces the stream")
+    arch.add_argument("--no-mlp", dest="mlp", action="store_false", help="attention-only blocks (no MLP sublayer)")
+    arch.add_argument("--no-pos-emb", dest="pos_emb", action="store_false",
+                      help="no learned position embeddings (only the causal mask tells positions apart)")
+    arch.add_argument("--activation", default=m.activation, choices=list(ACTIVATIONS),
+                      help=f"the MLP's nonlinearity (default {m.activation})")
     p.add_argument("--batch-size", type=int, default=t.batch_size,
                    help=f"sequences per step, over all processes and micro-steps (default {t.batch_size})")
     p.add_argument("--grad-accum", type=int, default=t.grad_accum,
@@ -134,7 +145,9 @@ def build_run(args, limits: Limits):
         return run
     tokenizer, splits = _data(args.data, args.tokenizer)
     cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                    n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, model=args.model)
+                    n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, model=args.model,
+                    norm=args.norm, residual=args.residual, mlp=args.mlp, pos_emb=args.pos_emb,
+                    activation=args.activation)
     cfg.validate(limits)
     return Run.create(cfg, tokenizer, splits, device=args.device, dtype=dtype, seed=args.seed, data_name=name)
 
@@ -307,9 +320,10 @@ def add_info(sub):
 def checkpoint_info(path) -> dict:
     """What `info` shows, as a dict (also used by the app)."""
     from .checkpoint import inspect_checkpoint
-    from .model import estimate_params
+    from .model import arch_summary, estimate_params
     config, tokenizer, training, header, metadata = inspect_checkpoint(path)
-    return {"config": config.to_dict(), "params": estimate_params(config), "tokenizer": tokenizer.kind,
+    return {"config": config.to_dict(), "params": estimate_params(config), "architecture": arch_summary(config),
+            "tokenizer": tokenizer.kind,
             "vocab_size": tokenizer.vocab_size, "training": training,
             "has_optimizer_state": any(k.startswith("optimizer.") for k in header),
             "minigpt_version": metadata.get("minigpt_version"), "saved_at": metadata.get("saved_at")}
@@ -324,6 +338,9 @@ def run_info(args) -> int:
     print(f"{args.checkpoint}")
     print(f"  model      {c['model']}: {c['n_layer']} layers, {c['n_head']} heads, {c['n_embd']} wide, "
           f"context {c['block_size']}, dropout {c['dropout']}, bias {c['bias']}")
+    if c["model"] == "gpt":
+        print(f"  arch       {info['architecture']} (norm {c['norm']}, residual {c['residual']}, mlp {c['mlp']}, "
+              f"pos_emb {c['pos_emb']}, activation {c['activation']})")
     print(f"  params     {info['params']:,}")
     print(f"  tokenizer  {info['tokenizer']} ({info['vocab_size']} tokens)")
     if t:

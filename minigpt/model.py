@@ -1,5 +1,9 @@
 """The models: a pre-norm GPT (nanoGPT layout and GPT-2 names) and the bigram baseline.
 
+The GPT's architecture switches (`norm`, `residual`, `mlp`, `pos_emb`, `activation`) take parts
+out or swap them, so the ideas of the Concepts tab can be seen in a real network; the defaults are
+the standard GPT, with the same parameter names and the same code path as before the switches.
+
 `forward(idx, targets=None, kv_cache=None, return_attn=False)`: attention runs through the fused
 `F.scaled_dot_product_attention` by default and through the explicit q·kᵀ/√d → mask → softmax → ·v
 path when the weights are asked for (the attention view) or when `explicit_attention` is set.
@@ -17,6 +21,9 @@ import torch.nn.functional as F
 from .limits import Limits
 
 MODEL_KINDS = ("gpt", "bigram")
+NORMS = ("layer", "batch", "rms", "none")
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+SWITCHES = ("norm", "residual", "mlp", "pos_emb", "activation")  # GPTConfig's architecture switches
 
 
 @dataclass
@@ -29,6 +36,12 @@ class GPTConfig:
     dropout: float = 0.0       # 0 for short runs on small data; ~0.2 for long runs of big models
     bias: bool = False         # biases in Linear/LayerNorm: slightly faster and no worse without
     model: str = "gpt"         # "gpt" or "bigram" (a lookup table of next-token logits)
+    # Architecture switches (GPT only; the defaults are the standard GPT):
+    norm: str = "layer"        # layer | batch | rms | none: what normalises each sublayer's input
+    residual: bool = True      # x + f(x) around each sublayer; off: x = f(x), the plain deep stack
+    mlp: bool = True           # the feed-forward sublayer of each block; off: attention only
+    pos_emb: bool = True       # learned position embeddings (wpe); off: only the causal mask tells order
+    activation: str = "gelu"   # the MLP's nonlinearity: gelu | relu | sigmoid | tanh
 
     def validate(self, limits: Limits | None = None) -> "GPTConfig":
         """Raise ValueError naming the field if this config cannot work (or breaks the limits)."""
@@ -47,6 +60,7 @@ class GPTConfig:
             raise ValueError(f"bias must be true or false, got {self.bias!r}")
         if self.model == "gpt" and self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        self._validate_switches()
         if limits is not None:
             for name, cap in (("vocab_size", limits.max_vocab), ("block_size", limits.max_context),
                               ("n_layer", limits.max_layers), ("n_head", limits.max_heads),
@@ -58,6 +72,21 @@ class GPTConfig:
                 raise ValueError(f"the model would have {n:,} parameters, over the limit of "
                                  f"{limits.max_params:,} (MINIGPT_MAX_PARAMS)")
         return self
+
+    def _validate_switches(self):
+        if not isinstance(self.norm, str) or self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        for name in ("residual", "mlp", "pos_emb"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.model == "bigram" and arch_changes(self):
+            raise ValueError(f"the bigram model has no blocks, norms or MLP: the architecture switches apply "
+                             f"to the GPT only (got {arch_summary(self)})")
+        if not self.mlp and self.activation != "gelu":
+            raise ValueError(f"activation {self.activation!r} needs the MLP: without it (mlp off) there is "
+                             f"no activation to change")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,28 +100,75 @@ class GPTConfig:
         return cls(**known)
 
 
-def estimate_params(cfg: GPTConfig) -> int:
-    """Parameter count of the model `cfg` describes, without building it (tied head counted once)."""
+def arch_changes(cfg: GPTConfig) -> list[str]:
+    """Each switch that differs from the standard GPT, in words ("BatchNorm", "no residual", ...)."""
+    words = []
+    if cfg.norm != "layer":
+        words.append({"batch": "BatchNorm", "rms": "RMSNorm", "none": "no norm"}.get(cfg.norm, f"norm {cfg.norm}"))
+    if not cfg.residual:
+        words.append("no residual")
+    if not cfg.mlp:
+        words.append("no MLP")
+    elif cfg.activation != "gelu":
+        words.append(f"{cfg.activation} MLP")
+    if not cfg.pos_emb:
+        words.append("no position embeddings")
+    return words
+
+
+def arch_summary(cfg: GPTConfig) -> str:
+    """One line for badges and run cards: "standard GPT", or the switches flipped ("no residual, sigmoid MLP")."""
+    return ", ".join(arch_changes(cfg)) or "standard GPT"
+
+
+def estimate_params(cfg: GPTConfig, non_embedding: bool = False) -> int:
+    """Parameter count of the model `cfg` describes, without building it (tied head counted once);
+    without the position embeddings (if it has any) when non_embedding, as GPT.num_params does."""
     V, T, L, C = cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd
     if cfg.model == "bigram":
         return V * V
     b = 1 if cfg.bias else 0
-    ln = C * (1 + b)
+    norm = {"layer": C * (1 + b), "batch": C * (1 + b), "rms": C, "none": 0}[cfg.norm]
     attn = C * 3 * C + 3 * C * b + C * C + C * b
     mlp = C * 4 * C + 4 * C * b + 4 * C * C + C * b
-    return V * C + T * C + L * (2 * ln + attn + mlp) + ln
+    block = norm + attn + (norm + mlp if cfg.mlp else 0)
+    return V * C + (T * C if cfg.pos_emb and not non_embedding else 0) + L * block + norm
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's own takes bias= too; kept explicit for clarity)."""
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over every token of the batch: (B, T, C) is normalised as (B·T, C).
+
+    In training each feature's mean and variance are taken over batch × time, so a position's
+    output depends on the other positions of the batch, future ones included: a causal model
+    leaks a little of the future through the statistics. In eval mode (and generation) the running
+    statistics are used, so each token is normalised alone and the KV cache equals recomputation.
+    """
 
     def __init__(self, ndim: int, bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        super().__init__(ndim)
+        if not bias:
+            self.register_parameter("bias", None)  # like LayerNorm(bias=False): a gain only
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        return super().forward(x.reshape(-1, x.size(-1))).view(x.shape)
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm in fp32, as CPU autocast runs LayerNorm (a bf16 input would take a slow unfused path)."""
+
+    def forward(self, x):
+        return super().forward(x.float())
+
+
+def make_norm(cfg: GPTConfig) -> nn.Module:
+    """The normalisation `cfg.norm` names, from torch.nn (the formulas by hand are in experiments.py)."""
+    if cfg.norm == "layer":
+        return nn.LayerNorm(cfg.n_embd, eps=1e-5, bias=cfg.bias)
+    if cfg.norm == "batch":
+        return TokenBatchNorm(cfg.n_embd, cfg.bias)
+    if cfg.norm == "rms":
+        return RMSNorm(cfg.n_embd, eps=1e-5)
+    return nn.Identity()
 
 
 class KVCache:
@@ -188,23 +264,30 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
-        self.ln_1 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.residual = cfg.residual
+        self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg, layer)
-        self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
-        self.mlp = MLP(cfg)
+        if cfg.mlp:
+            self.ln_2 = make_norm(cfg)
+            self.mlp = MLP(cfg)
+        else:
+            self.mlp = None
 
     def forward(self, x, kv_cache=None, return_attn=False):
         a, att = self.attn(self.ln_1(x), kv_cache, return_attn)  # pre-norm: normalise, then add
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
+        x = x + a if self.residual else a
+        if self.mlp is not None:
+            m = self.mlp(self.ln_2(x))
+            x = x + m if self.residual else m
         return x, att
 
 
@@ -215,10 +298,10 @@ class GPT(nn.Module):
         self.config = cfg
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            **({"wpe": nn.Embedding(cfg.block_size, cfg.n_embd)} if cfg.pos_emb else {}),
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
-            ln_f=LayerNorm(cfg.n_embd, cfg.bias),
+            ln_f=make_norm(cfg),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
@@ -238,7 +321,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, the tied head counted once; without position embeddings if non_embedding."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and self.config.pos_emb:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -256,8 +339,10 @@ class GPT(nn.Module):
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than the context ({self.config.block_size})")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.config.pos_emb:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.transformer.drop(x)
         atts = []
         for block in self.transformer.h:
             x, att = block(x, kv_cache, return_attn)

@@ -20,10 +20,11 @@ import torch
 from . import __version__
 from .data import Splits, get_batch, val_tensor
 from .device import Precision, ThreadTuner, pick_device, pick_precision
+from .diagnostics import block_forward_stats, block_grad_norms
 from .evaluate import estimate_loss, full_val_loss
 from .generate import generate
 from .limits import Limits, check_float, check_int
-from .model import GPTConfig, build_model, decay_split
+from .model import GPTConfig, arch_summary, build_model, decay_split
 from .sampling import SamplingConfig
 
 STOP_REASONS = ("max_iters", "max_seconds", "target", "stopped", "diverged")
@@ -110,6 +111,10 @@ class Eval:
     train_loss: float
     val_loss: float
     elapsed: float
+    # Per block, first block first (empty for the bigram): see minigpt/diagnostics.py.
+    layer_grad_norms: list = field(default_factory=list)    # gradient norm of the block's weights, this step
+    layer_act_std: list = field(default_factory=list)       # std of the residual stream after the block
+    layer_attn_entropy: list = field(default_factory=list)  # mean attention entropy, nats
 
 
 @dataclass
@@ -209,6 +214,7 @@ class Run:
             "data": self.data_name,
             "tokenizer": self.tokenizer.kind,
             "config": self.model.config.to_dict(),
+            "architecture": arch_summary(self.model.config),
             "train_config": self.last_train_config,
             "seed": self.last_train_config.get("seed"),
             "iters": self.iters,
@@ -278,6 +284,10 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
     gen = torch.Generator().manual_seed(cfg.seed + run.iters + 1_000_003 * (team.rank if team else 0))
     evals = _eval_batches(run.splits, cfg, block, device) if main else {}
     has_val = len(run.splits.val) > block + 1
+    diag_x = evals["val"][0][0][:8] if has_val and main else None  # the diagnostics' fixed batch
+    if model.config.norm == "batch" and micro_batch * block < 2:
+        raise ValueError("BatchNorm needs more than one token per micro-batch to normalise over: raise "
+                         "batch_size or block_size, or use another norm")
     fwd = team.wrap(model) if team is not None else model  # DDP for forward/backward; `model` is what we save
     good = _snapshot(model)
     sync_every = 1 if device.split(":")[0] == "cpu" else 10  # reading the loss is a host sync on GPUs
@@ -318,6 +328,10 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
         lr = lr_at(cfg, progress, it, warmup)
         for group in opt.param_groups:
             group["lr"] = lr
+        plan_end = planned and it + 1 == horizon
+        near_end = planned and horizon * 0.8 <= it + 1 < horizon and (it + 1) % check_every == 0
+        regular = (it + 1) % cfg.eval_interval == 0
+        evaluate = (regular or near_end or plan_end) and has_val
 
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
@@ -330,6 +344,7 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
                 (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
         loss = loss_sum / cfg.grad_accum
+        layer_grads = block_grad_norms(model) if evaluate and main else []  # before clipping and zero_grad
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         check = (it + 1) % sync_every == 0
         bad = check and not (math.isfinite(loss.item()) and math.isfinite(float(norm)))
@@ -360,16 +375,15 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
             yield Step(iter=run.iters, loss=loss.item(), lr=lr, grad_norm=float(norm), tokens_per_s=tps,
                        elapsed=elapsed, eta=left, progress=min(1.0, max(progress, (it + 1) / horizon)))
 
-        plan_end = planned and it + 1 == horizon
-        near_end = planned and horizon * 0.8 <= it + 1 < horizon and (it + 1) % check_every == 0
-        regular = (it + 1) % cfg.eval_interval == 0
-        if (regular or near_end or plan_end) and has_val:
+        if evaluate:
             if tuner is not None:
                 tuner.pause()
             verdict = None  # rank 0 evaluates; every rank acts on what it finds
             if main:
+                act_std, entropy = block_forward_stats(model, diag_x)
                 ev = Eval(iter=run.iters, train_loss=estimate_loss(model, evals["train"], precision),
-                          val_loss=estimate_loss(model, evals["val"], precision), elapsed=time.perf_counter() - t0)
+                          val_loss=estimate_loss(model, evals["val"], precision), elapsed=time.perf_counter() - t0,
+                          layer_grad_norms=layer_grads, layer_act_std=act_std, layer_attn_entropy=entropy)
                 if not math.isfinite(ev.val_loss):
                     verdict = "diverged"
                 else:
