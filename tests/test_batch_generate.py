@@ -101,3 +101,25 @@ def test_stream_ids_batch_matches_stream_ids(gpt):
 def test_refuses_mismatched_generators(gpt):
     with pytest.raises(ValueError, match="one generator per"):
         next(stream_ids_batch(gpt, [1], 3, [SamplingConfig()], []))
+
+
+def test_session_compare_decodes_one_batch_and_matches_each_alone(tmp_path, tok, gpt):
+    from minigpt.checkpoint import save_checkpoint
+    from minigpt.limits import Limits
+    from minigpt.session import Playground, sampling_columns
+    shipped = save_checkpoint(tmp_path / "shipped.safetensors", gpt, tok, {"iters": 0})
+    s = Playground(Limits(), shipped_path=shipped, device="cpu").session("batch")
+    model = s.inference_model().model
+    spy = CountingForward(model)
+    cols = sampling_columns(top_k=5, top_p=0.9)  # six strategies
+    n = 40  # past the context window (16)
+    views = list(s.compare("First", n, 11, cols))
+    spy.handle.remove()
+    final = views[-1]
+    assert len(final) == 6 and all(c["done"] and c["n"] == n for c in final)
+    assert all(len(v) == 6 for v in views)  # every yield: all the columns, as before
+    assert len(spy.batches) == n and set(spy.batches[1:]) == {6}  # one forward a token for all six
+    for (name, sampling), col in zip(cols, final):
+        alone = list(generate(model, tok, "First", n, SamplingConfig(**sampling.to_dict()), seed=11, top_n=5))
+        assert col["text"] == "".join(a.text for a in alone), name
+        assert s.comparison[name]["ids"] == [a.id for a in alone]
