@@ -83,10 +83,27 @@ def classroom(url: str) -> dict:
         with lock:
             results.append((name, secs, err))
 
+    def connect(i):
+        t0 = time.monotonic()
+        for attempt in range(3):  # opening the page: counted as an endpoint of its own
+            try:
+                c = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+                record("connect", time.monotonic() - t0, None)
+                return c
+            except Exception as e:
+                err = f"{type(e).__name__}: {e}"
+        record("connect", time.monotonic() - t0, err)
+        return None
+
     def session_main(i):
-        c = Client(url, verbose=False)
         try:
             start.wait(timeout=300)
+        except threading.BrokenBarrierError:
+            pass
+        c = connect(i)
+        if c is None:
+            return
+        try:
             job, t_train = None, time.monotonic()
             if i < TRAINERS:
                 job = c.submit(**{**TRAIN, "seed": 100 + i}, api_name="/train")
