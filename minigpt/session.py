@@ -34,6 +34,7 @@ from .model import GPT, GPTConfig, estimate_params
 from .sampling import SamplingConfig
 from .tokenizers import BPETokenizer, CharTokenizer, build_tokenizer
 from .train import Done, Eval, Run, Sample, Start, Step, TrainConfig, train
+from .training_queue import lower_thread_priority
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "shakespeare-char.safetensors"
@@ -471,6 +472,7 @@ class Session:
 
             def work():
                 torch.set_num_threads(self.pg.threads)  # this thread's own setting, as in the CLI's main thread
+                lower_thread_priority()  # the interactive calls of every tab come first; training takes what is left
                 try:
                     for ev in train(run, tcfg, self.stop_event, limits):
                         with lock:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -153,3 +154,17 @@ class TrainingQueue:
         finally:
             if not granted:
                 self.release(ticket)
+
+
+def lower_thread_priority(nice: int = 10) -> bool:
+    """Give the calling thread (and the torch worker threads it starts from now on) a lower CPU priority,
+    so a training run takes the cores only when the interactive calls leave them free. Linux: per-thread
+    niceness; elsewhere, or when not permitted, nothing changes. True if it was applied."""
+    if not hasattr(os, "setpriority"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), nice))
+        return True
+    except OSError:
+        return False

@@ -105,3 +105,20 @@ def test_many_threads_never_exceed_the_slots():
 def test_needs_a_slot():
     with pytest.raises(ValueError, match="at least one slot"):
         TrainingQueue(0)
+
+
+def test_lower_thread_priority_applies_to_the_calling_thread_only():
+    import os
+
+    from minigpt.training_queue import lower_thread_priority
+    seen = {}
+
+    def trainer():
+        seen["applied"] = lower_thread_priority(10)
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=trainer)
+    t.start()
+    t.join()
+    assert seen["applied"] and seen["nice"] >= 10
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread is unchanged
