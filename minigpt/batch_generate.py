@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from .generate import StepMaker, TokenStep, _device, make_generator, start_ids
 from .model import KVCache, new_kv_cache
@@ -93,5 +94,13 @@ def generate_batch(model, tokenizer, prompt: str, max_new_tokens: int, samplings
         seed = torch.seed()  # one seed shared by every row, as a Compare does
     generators = [make_generator(seed) for _ in samplings]
     makers = [StepMaker(tokenizer, top_n, keep_logits) for _ in samplings]
+    rows = None
     for toks, logits in stream_ids_batch(model, ids, max_new_tokens, samplings, generators, use_cache):
-        yield [m(t, logits[b]) for b, (m, t) in enumerate(zip(makers, toks))]
+        # The per-token read-outs of every row at once: one softmax and one top-N for the batch.
+        probs = F.softmax(logits.float(), dim=-1)
+        top = torch.topk(probs, min(top_n, probs.size(-1)), dim=-1)
+        rows = rows if rows is not None else torch.arange(len(toks))
+        chosen = probs[rows, torch.tensor(toks)].tolist()
+        top_ids, top_probs = top.indices.tolist(), top.values.tolist()
+        yield [m.make(t, chosen[b], top_ids[b], top_probs[b], logits[b])
+               for b, (m, t) in enumerate(zip(makers, toks))]

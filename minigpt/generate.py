@@ -117,6 +117,10 @@ class StepMaker:
     def __call__(self, tok: int, logits: torch.Tensor) -> TokenStep:
         probs = F.softmax(logits.float(), dim=-1)
         top = torch.topk(probs, min(self.top_n, probs.numel()))
+        return self.make(tok, float(probs[tok]), top.indices.tolist(), top.values.tolist(), logits)
+
+    def make(self, tok: int, p: float, top_ids: list[int], top_probs: list[float], logits: torch.Tensor) -> TokenStep:
+        """The TokenStep of `tok`, drawn with model probability p (at T = 1), given the top-N already computed."""
         self.out.append(tok)
         piece = self.tokenizer.pieces([tok])[0]
         if self.char_level:
@@ -125,9 +129,8 @@ class StepMaker:
             decoded = self.tokenizer.decode(self.out)
             text = "" if decoded.endswith("\ufffd") else decoded[len(self.emitted):]
             self.emitted = self.emitted if decoded.endswith("\ufffd") else decoded
-        p = float(probs[tok])
         return TokenStep(id=tok, text=text, piece=piece, prob=p, logprob=math.log(max(p, 1e-45)),
-                         top_ids=top.indices.tolist(), top_probs=top.values.tolist(),
+                         top_ids=top_ids, top_probs=top_probs,
                          logits=logits.detach().cpu() if self.keep_logits else None)
 
 
