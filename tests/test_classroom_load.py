@@ -53,7 +53,7 @@ def interactive(i: int, r: int):
         ("tokenize", dict(text=f"Session {i}, round {r}: to be, or not to be"), "/tokenize",
          lambda x: x[1]["char"]["count"] > 0),
         ("compare", {**COMPARE, "seed": 1000 * r + i}, "/compare_sampling",
-         lambda x: len(x[1]) == 4 and all(c["n"] == 100 for c in x[1])),
+         lambda x: len(x[1]) == 4 and all(c["tokens"] == 100 for c in x[1])),
         ("next_token", dict(column="greedy", step=5), "/next_token_distribution", lambda x: "rank" in x[1]),
         ("attention", dict(text="ROMEO: what light", layer=0, head="all"), "/attention",
          lambda x: x[1].startswith("17 tokens")),
