@@ -115,7 +115,8 @@ def test_train_says_in_one_line_what_was_lost_when_nothing_can_be_written(tmp_pa
     text.write_text(SMALL_TEXT)
     monkeypatch.setattr(checkpoint, "atomic_write", lambda path, data: enospc(path))
     monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "data"))
-    assert main(["train", "--data", str(text), "--max-iters", "2", *TINY, "--out", str(tmp_path / "m.safetensors")]) == 1
+    out = str(tmp_path / "m.safetensors")
+    assert main(["train", "--data", str(text), "--max-iters", "2", *TINY, "--out", out]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "the model (2 iterations) was NOT saved" in err[0] and "No space left" in err[0]
 
