@@ -176,9 +176,9 @@ def _train(args, team) -> int:
     cfg.validate(limits)
     if args.log_interval < 1:
         raise UserError("--log-interval must be >= 1")
+    run = build_run(args, limits)
     if team is None or team.is_main:  # before the first step: a run must not be lost to an unwritable --out
         check_writable(args.out, "--out")
-    run = build_run(args, limits)
     stop = team.stop if team is not None else threading.Event()
     if team is not None and not team.is_main:  # rank 0 logs, evaluates and saves; the others train
         for _ in train(run, cfg, stop, limits, team):
