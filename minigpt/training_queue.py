@@ -168,3 +168,13 @@ def lower_thread_priority(nice: int = 10) -> bool:
         return True
     except OSError:
         return False
+
+
+def waiting_message(w: Waiting) -> str:
+    """What a learner waiting to train reads: their place, how many wait, the estimated wait."""
+    secs = int(round(w.eta_s))
+    wait = f"about {secs // 60} min {secs % 60:02d} s" if secs >= 60 else f"about {secs} s"
+    ahead = w.place - 1
+    who = "you are next" if ahead == 0 else f"{ahead} {'run' if ahead == 1 else 'runs'} ahead of yours"
+    return (f"Waiting to train: place {w.place} of {w.waiting} in the queue ({who}, {w.running} running); "
+            f"it should start in {wait}.")

@@ -122,3 +122,11 @@ def test_lower_thread_priority_applies_to_the_calling_thread_only():
     t.join()
     assert seen["applied"] and seen["nice"] >= 10
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread is unchanged
+
+
+def test_waiting_message_names_the_place_and_the_wait():
+    from minigpt.training_queue import waiting_message
+    assert waiting_message(Waiting(place=1, waiting=3, eta_s=12.4, running=1)) == (
+        "Waiting to train: place 1 of 3 in the queue (you are next, 1 running); it should start in about 12 s.")
+    assert "2 runs ahead of yours" in waiting_message(Waiting(place=3, waiting=3, eta_s=70, running=1))
+    assert "about 1 min 10 s" in waiting_message(Waiting(place=3, waiting=3, eta_s=70, running=1))
