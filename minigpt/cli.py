@@ -7,7 +7,9 @@ stderr; defaults come from the config dataclasses, so the CLI and the app agree.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
@@ -15,6 +17,7 @@ import time
 from .limits import Limits
 
 EXIT_USER_ERROR = 2
+EXIT_SAVED_ELSEWHERE = 1  # the run was saved, but not at --out (the warning says where), or not at all
 
 
 class UserError(Exception):
@@ -164,11 +167,15 @@ def run_train(args) -> int:
     """`train` in this process, or under torchrun this process's part of a DDP job (minigpt/distributed.py)."""
     from .distributed import process_group
     with process_group(args.device) as team:
-        return _train(args, team)
+        if team is not None:  # torchrun: SIGINT and SIGTERM set team.stop (minigpt/distributed.py)
+            return _train(args, team)
+        with _sigterm_interrupts():  # SIGTERM (timeout, container stops, Space restarts) saves as Ctrl-C does
+            return _train(args, team)
 
 
 def _train(args, team) -> int:
     from .checkpoint import save_checkpoint
+    from .saving import OutputError, check_writable, save_with_fallback
     from .train import Done, Eval, Sample, Start, Step, TrainConfig, event_dict, train
 
     limits = Limits.from_env()
@@ -183,6 +190,8 @@ def _train(args, team) -> int:
     if args.log_interval < 1:
         raise UserError("--log-interval must be >= 1")
     run = build_run(args, limits)
+    if team is None or team.is_main:  # before the first step: a run must not be lost to an unwritable --out
+        check_writable(args.out, "--out")
     stop = team.stop if team is not None else threading.Event()
     if team is not None and not team.is_main:  # rank 0 logs, evaluates and saves; the others train
         for _ in train(run, cfg, stop, limits, team):
@@ -215,22 +224,66 @@ def _train(args, team) -> int:
                 print("--- sample ---\n" + ev.text.strip("\n") + "\n--------------", file=out, flush=True)
             if isinstance(ev, Done):
                 done = ev
-    except KeyboardInterrupt:
-        print("interrupted: saving the model trained so far", file=sys.stderr)
-    path = save_checkpoint(args.out, run.model, run.tokenizer, run.run_card(),
-                           None if args.weights_only else run.optimizer)
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if str(e) == "SIGTERM" else "interrupted"
+        print(f"{how}: saving the model trained so far", file=sys.stderr)
+    with _signals_ignored():  # a second Ctrl-C or SIGTERM must not cut the save short
+        try:
+            path, note = save_with_fallback(
+                args.out, lambda p: save_checkpoint(p, run.model, run.tokenizer, run.run_card(),
+                                                    None if args.weights_only else run.optimizer),
+                what=f"the model ({run.iters} iterations)")
+        except OutputError as e:  # nowhere to write: say exactly what was lost and why
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_SAVED_ELSEWHERE
     summary = {"val_loss": run.final_val_loss, "iters": run.iters,
                "train_seconds": round(run.seconds, 2),
                "tokens_per_s": round(done.tokens_per_s) if done else None,
                "reason": done.reason if done else "stopped", "out": str(path)}
     if done and done.message:
         print(done.message, file=sys.stderr)
+    if note:
+        summary["requested_out"] = str(args.out)
+        print(f"warning: {note}", file=sys.stderr)
     if not args.log_json:
         val = f"{run.final_val_loss:.4f}" if run.final_val_loss is not None else "n/a"
         print(f"done ({summary['reason']}): {run.iters} iters in {run.seconds:.1f} s, full val loss {val}, "
               f"saved {path}")
     print(json.dumps(summary), flush=True)
-    return 0
+    return EXIT_SAVED_ELSEWHERE if note else 0
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Inside, SIGTERM raises KeyboardInterrupt("SIGTERM"), as Ctrl-C raises KeyboardInterrupt."""
+    if not _on_main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    if not _on_main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 # ---- sample -------------------------------------------------------------------------------------

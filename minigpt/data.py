@@ -25,6 +25,15 @@ class DataError(ValueError):
     """A data source that cannot be used; the message says why."""
 
 
+TMP_MARK = ".minigpt-tmp"  # every temporary file minigpt writes ends so (see minigpt/recovery.py)
+
+
+def tmp_prefix(name: str) -> str:
+    """The start of a temporary file's name for `name`: hidden, and with the writer's pid, so a cleanup
+    at start can tell a dead process's leftover from a live process's save in progress."""
+    return f".{name}.{os.getpid()}."
+
+
 def data_dir() -> Path:
     """$MINIGPT_DATA_DIR, else ~/.cache/minigpt."""
     return Path(os.environ.get("MINIGPT_DATA_DIR") or Path.home() / ".cache" / "minigpt").expanduser()
@@ -36,7 +45,7 @@ def atomic_file(path: Path):
     written to a temporary file in the same folder, fsynced, renamed. Old file or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=tmp_prefix(path.name), suffix=TMP_MARK)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a checkpoint is an ordinary readable file
         with os.fdopen(fd, "wb") as f:

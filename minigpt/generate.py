@@ -100,24 +100,38 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, sampling: Sampl
     sampling = (sampling or SamplingConfig()).validate()
     ids = start_ids(tokenizer, prompt)
     generator = make_generator(seed)
-    out: list[int] = []
-    emitted = ""
-    char_level = tokenizer.kind == "char"
+    steps = StepMaker(tokenizer, top_n, keep_logits)
     for tok, logits in stream_ids(model, ids, max_new_tokens, sampling, generator, use_cache):
+        yield steps(tok, logits)
+
+
+class StepMaker:
+    """Turns one stream's (token, logits) into TokenSteps, keeping the text emitted so far."""
+
+    def __init__(self, tokenizer, top_n: int = 10, keep_logits: bool = False):
+        self.tokenizer, self.top_n, self.keep_logits = tokenizer, top_n, keep_logits
+        self.out: list[int] = []
+        self.emitted = ""
+        self.char_level = tokenizer.kind == "char"
+
+    def __call__(self, tok: int, logits: torch.Tensor) -> TokenStep:
         probs = F.softmax(logits.float(), dim=-1)
-        top = torch.topk(probs, min(top_n, probs.numel()))
-        out.append(tok)
-        piece = tokenizer.pieces([tok])[0]
-        if char_level:
+        top = torch.topk(probs, min(self.top_n, probs.numel()))
+        return self.make(tok, float(probs[tok]), top.indices.tolist(), top.values.tolist(), logits)
+
+    def make(self, tok: int, p: float, top_ids: list[int], top_probs: list[float], logits: torch.Tensor) -> TokenStep:
+        """The TokenStep of `tok`, drawn with model probability p (at T = 1), given the top-N already computed."""
+        self.out.append(tok)
+        piece = self.tokenizer.pieces([tok])[0]
+        if self.char_level:
             text = piece
         else:  # emit BPE text only when it does not end inside a multi-byte character
-            decoded = tokenizer.decode(out)
-            text = "" if decoded.endswith("\ufffd") else decoded[len(emitted):]
-            emitted = emitted if decoded.endswith("\ufffd") else decoded
-        p = float(probs[tok])
-        yield TokenStep(id=tok, text=text, piece=piece, prob=p, logprob=math.log(max(p, 1e-45)),
-                        top_ids=top.indices.tolist(), top_probs=top.values.tolist(),
-                        logits=logits.detach().cpu() if keep_logits else None)
+            decoded = self.tokenizer.decode(self.out)
+            text = "" if decoded.endswith("\ufffd") else decoded[len(self.emitted):]
+            self.emitted = self.emitted if decoded.endswith("\ufffd") else decoded
+        return TokenStep(id=tok, text=text, piece=piece, prob=p, logprob=math.log(max(p, 1e-45)),
+                         top_ids=top_ids, top_probs=top_probs,
+                         logits=logits.detach().cpu() if self.keep_logits else None)
 
 
 def perplexity(steps: list[TokenStep]) -> tuple[float, float]:

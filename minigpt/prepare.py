@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .data import TRAIN_FRACTION, DataError, Splits, atomic_file, atomic_write
+from .data import TMP_MARK, TRAIN_FRACTION, DataError, Splits, atomic_file, atomic_write, tmp_prefix
 from .tokenizers import GPT2_EOT, GPT2_VOCAB, BPETokenizer, CharTokenizer, tokenizer_from_dict
 
 META = "meta.json"
@@ -229,7 +229,8 @@ def prepare(source, kind: str, out_dir, quiet: bool = False) -> dict:
                 raise DataError(f"{source} has no text")
             tokenizer = CharTokenizer([chr(c) for c in vocab])
         else:
-            tmp_file = stack.enter_context(tempfile.NamedTemporaryFile(dir=out_dir, prefix=".gpt2-ids.", suffix=".tmp"))
+            tmp_file = stack.enter_context(tempfile.NamedTemporaryFile(dir=out_dir, prefix=tmp_prefix("gpt2-ids"),
+                                                                     suffix=TMP_MARK))
             vocab, count = _gpt2_pass1(files, tmp_file, p1)
             tmp_file.flush()
             if count == 0:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import __version__
+from .batch_generate import generate_batch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, split_ids
 from .device import pick_precision
@@ -338,7 +339,7 @@ class Session:
 
     def compare(self, prompt: str, tokens: int, seed: int, strategies: list[tuple[str, SamplingConfig]],
                 use_cache: bool = True, interval: float = 0.15):
-        """Run every (name, sampling) from the same prompt and seed, round-robin, yielding the columns so far.
+        """Run every (name, sampling) from the same prompt and seed as one batch, yielding the columns so far.
 
         Each column: name, sampling, tokens (text, prob, top alternatives), text, stats. The last
         comparison is kept so `next_token` can explain any of its steps.
@@ -353,34 +354,35 @@ class Session:
         ref = self.inference_model()
         prompt_ids = start_ids(ref.tokenizer, prompt)  # fails here on unknown characters, before any output
         self.last_prompt = prompt
-        cols, iters = [], []
+        cols = []
         for name, sampling in strategies:
             sampling.validate()
             cols.append({"name": name, "sampling": sampling.to_dict(), "tokens": [], "text": "", "ids": [],
                          "seconds": 0.0, "done": False})
-            iters.append(generate(ref.model, ref.tokenizer, prompt, n, sampling, seed=seed, use_cache=use_cache,
-                                  top_n=5))
+        # One batch for every strategy: one forward pass a token, the same tokens as each alone.
+        steps = generate_batch(ref.model, ref.tokenizer, prompt, n, [s for _, s in strategies], seed=seed,
+                               use_cache=use_cache, top_n=5)
         last = time.perf_counter()
-        live = list(range(len(cols)))
-        while live:
-            for i in list(live):
-                t = time.perf_counter()
-                with one_thread():
-                    step = next(iters[i], None)
-                cols[i]["seconds"] += time.perf_counter() - t
-                if step is None:
-                    cols[i]["done"] = True
-                    live.remove(i)
-                    continue
-                cols[i]["ids"].append(step.id)
-                cols[i]["text"] += step.text
-                cols[i]["tokens"].append((step.text, step.prob, [(ref.tokenizer.pieces([j])[0], p)
-                                                                 for j, p in zip(step.top_ids, step.top_probs)],
-                                          step.logprob))
+        while True:
+            t = time.perf_counter()
+            with one_thread():
+                row = next(steps, None)
+            spent = time.perf_counter() - t  # every column waited for the whole batched step
+            if row is None:
+                break
+            for c, step in zip(cols, row):
+                c["seconds"] += spent
+                c["ids"].append(step.id)
+                c["text"] += step.text
+                c["tokens"].append((step.text, step.prob, [(ref.tokenizer.pieces([j])[0], p)
+                                                           for j, p in zip(step.top_ids, step.top_probs)],
+                                    step.logprob))
             now = time.perf_counter()
-            if live and now - last >= interval:
+            if now - last >= interval:
                 last = now
                 yield self._columns(cols, prompt)
+        for c in cols:
+            c["done"] = True
         self.last_columns = self._columns(cols, prompt)
         self.comparison = {c["name"]: {"prompt_ids": prompt_ids, "ids": list(c["ids"]), "sampling": c["sampling"],
                                        "version": self.version} for c in cols}

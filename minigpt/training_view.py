@@ -4,7 +4,7 @@
 events into a `TrainView`; the page takes throttled, copied snapshots, so a slow browser never
 slows training. `StopFlag` is the run's stop request and also tells when the trainer has seen it,
 so Stop can answer at once ("stopped at iteration N") while the end-of-run full validation goes
-on. Core module: imports the train module and torch only (never gradio or matplotlib).
+on. Core module: imports the train and training_queue modules and torch only (never gradio or matplotlib).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from .limits import Limits
 from .train import Done, Eval, Run, Sample, Start, Step, TrainConfig, train
+from .training_queue import lower_thread_priority
 
 
 class Thinned:
@@ -105,6 +106,7 @@ class LiveTraining:
 
     def _work(self):
         torch.set_num_threads(self.threads)  # this thread's own setting, as in the CLI's main thread
+        lower_thread_priority()  # the interactive calls of every tab come first; training takes what is left
         try:
             for ev in train(self.run, self.cfg, self.stop, self.limits):
                 with self.lock:

@@ -317,6 +317,13 @@ CLI_CASES = [
     (["train", "--data", "FILE:binary.txt"], "binary"),
     (["train", "--data", "FILE:latin1.txt"], "not UTF-8"),
     (["train", "--resume", "FILE:pickle.safetensors"], "not a safetensors file"),
+    # --out is checked before the first step: a run is never trained only to be thrown away
+    (["train", "--out", "FILE:"], "is a folder: give a file name"),
+    (["train", "--out", "FILE:good.safetensors/run.safetensors"], "good.safetensors is a file, not a folder"),
+    (["train", "--out", "FILE:latin1.txt/deeper/run.safetensors"], "latin1.txt is a file, not a folder"),
+    (["train", "--out", "/proc/minigpt-no-such/run.safetensors"], "cannot be created"),
+    (["train", "--out", "/sys/run.safetensors"], "cannot be written"),  # read-only, even for root
+    (["train", "--out", ""], "--out is empty"),
     (["sample", "FILE:good.safetensors", "--tokens", "0"], "--tokens"),
     (["sample", "FILE:good.safetensors", "--tokens", str(10**9)], "--tokens"),
     (["sample", "FILE:good.safetensors", "--temperature", "0"], "temperature"),
@@ -350,7 +357,8 @@ def test_cli_refuses_bad_input_with_exit_2_and_one_line(files, capsys, args, mes
     from minigpt.cli import main
     argv = [str(files / a[5:]) if a.startswith("FILE:") else a for a in args]
     if argv[0] == "train":  # should a case slip through, it trains 2 steps, not the default 6000
-        argv = ["train", "--max-iters", "2", "--eval-iters", "1", *argv[1:], "--out", str(files / "never-written.safetensors")]
+        out = [] if "--out" in argv else ["--out", str(files / "never-written.safetensors")]
+        argv = ["train", "--max-iters", "2", "--eval-iters", "1", *argv[1:], *out]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT
 from minigpt.checkpoint import load_checkpoint
+from minigpt.recovery import clean_leftovers
 
 SAVER = r"""
 import sys, torch
@@ -50,3 +51,7 @@ def test_sigkill_during_save_never_leaves_a_corrupt_file(tmp_path):
     leftovers = [p for p in tmp_path.iterdir() if p != path]
     # A killed save may leave its temporary file behind, but never in place of the checkpoint.
     assert all(p.name.startswith(".ck.safetensors.") for p in leftovers)
+    # ... and the cleanup at start removes every one of them, leaving the checkpoint loadable.
+    assert sorted(clean_leftovers([tmp_path])) == sorted(leftovers)
+    assert list(tmp_path.iterdir()) == [path]
+    load_checkpoint(path)

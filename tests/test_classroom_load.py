@@ -1,0 +1,221 @@
+"""A classroom of 30 against `python app.py` on 127.0.0.1 (issue 16's measurement, kept as a test).
+
+30 gradio_client sessions start at once. Ten of them press Start (/train, a 20 s budget, each with
+its own seed) against MINIGPT_MAX_TRAINING_JOBS=1, so nine wait in the training queue. Meanwhile
+every session runs the interactive script ROUNDS times: model info, estimate, tokenizer, a 4-way
+Compare of 100 tokens, the next-token view and attention. At the end each session asks for its
+model: every trainer must have its own (its seed, its iterations), every other session the shipped
+one. Reported: p50 / p95 per endpoint, errors, peak server RSS, the training queue's waits;
+written to test-output/classroom-report.json. Run it alone with `python tests/test_classroom_load.py`.
+
+The latency goals (cheap calls p95 <= 1 s, Compare <= 10 s, attention <= 5 s) depend on the
+machine and whatever else runs on it, so the test asserts them only when CLASSROOM_STRICT=1;
+errors == 0, isolation and peak RSS <= 2 GB are always asserted.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import ROOT, free_port, wait_for  # noqa: E402
+
+from minigpt.bench import stop_process  # noqa: E402
+
+SESSIONS = 30
+TRAINERS = 10
+ROUNDS = 2
+TRAIN_SECONDS = 20
+PEAK_RSS_LIMIT_MB = 2048
+REPORT = ROOT / "test-output" / "classroom-report.json"
+GOALS_P95_S = {"model_info": 1.0, "estimate": 1.0, "tokenize": 1.0, "compare": 10.0, "attention": 5.0}
+
+TRAIN = dict(data="shakespeare", text="", upload=None, tokenizer="char", model="gpt", n_embd=64, n_head=4, n_layer=2,
+             block_size=64, dropout=0.0, batch_size=16, lr=3e-3, budget="seconds", amount=TRAIN_SECONDS,
+             eval_interval=100, seed=1)
+COMPARE = dict(prompt="ROMEO:", tokens=100, seed=3, strategies=["greedy", "multinomial", "low temperature",
+                                                                  "high temperature"],
+               low_t=0.5, high_t=2.0, top_k=10, top_p=0.9, colour=True, use_cache=True)
+
+
+def interactive(i: int, r: int):
+    """(name, kwargs, api_name, check) of one round of session i's interactive script."""
+    return [
+        ("model_info", {}, "/model_info", lambda x: x[0]["params"] > 0),
+        ("estimate", {**TRAIN, "seed": 100 + i}, "/estimate", lambda x: "parameters" in str(x)),
+        ("tokenize", dict(text=f"Session {i}, round {r}: to be, or not to be"), "/tokenize",
+         lambda x: x[1]["char"]["count"] > 0),
+        ("compare", {**COMPARE, "seed": 1000 * r + i}, "/compare_sampling",
+         lambda x: len(x[1]) == 4 and all(c["tokens"] == 100 for c in x[1])),
+        ("next_token", dict(column="greedy", step=5), "/next_token_distribution", lambda x: "rank" in x[1]),
+        ("attention", dict(text="ROMEO: what light", layer=0, head="all"), "/attention",
+         lambda x: x[1].startswith("17 tokens")),
+    ]
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def percentile(values, q: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def classroom(url: str) -> dict:
+    from gradio_client import Client
+
+    results, trains, finals = [], {}, {}
+    lock = threading.Lock()
+    start = threading.Barrier(SESSIONS)
+
+    def record(name, secs, err):
+        with lock:
+            results.append((name, secs, err))
+
+    def connect(i):
+        t0 = time.monotonic()
+        for attempt in range(3):  # opening the page: counted as an endpoint of its own
+            try:
+                c = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+                record("connect", time.monotonic() - t0, None)
+                return c
+            except Exception as e:
+                err = f"{type(e).__name__}: {e}"
+        record("connect", time.monotonic() - t0, err)
+        return None
+
+    def session_main(i):
+        try:
+            start.wait(timeout=300)
+        except threading.BrokenBarrierError:
+            pass
+        c = connect(i)
+        if c is None:
+            return
+        try:
+            job, t_train = None, time.monotonic()
+            if i < TRAINERS:
+                job = c.submit(**{**TRAIN, "seed": 100 + i}, api_name="/train")
+            for r in range(ROUNDS):
+                for name, kwargs, api, check in interactive(i, r):
+                    t0 = time.monotonic()
+                    try:
+                        ok = check(c.predict(**kwargs, api_name=api))
+                        record(name, time.monotonic() - t0, None if ok else "unexpected answer")
+                    except Exception as e:  # counted, never raised: the report says what failed
+                        record(name, time.monotonic() - t0, f"{type(e).__name__}: {e}")
+            if job is not None:
+                try:
+                    out = job.result(timeout=900)
+                    card = out[3]
+                    ok = card.get("seed") == 100 + i and card.get("iters", 0) > 0
+                    record("train", time.monotonic() - t_train, None if ok else f"unexpected card {card}")
+                    trains[i] = card
+                except Exception as e:
+                    record("train", time.monotonic() - t_train, f"{type(e).__name__}: {e}")
+            t0 = time.monotonic()
+            try:
+                finals[i] = c.predict(api_name="/model_info")[0]
+                record("model_info", time.monotonic() - t0, None)
+            except Exception as e:
+                record("model_info", time.monotonic() - t0, f"{type(e).__name__}: {e}")
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=session_main, args=(i,)) for i in range(SESSIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=1200)
+    assert not any(t.is_alive() for t in threads), "a session hung"
+
+    isolation = []
+    for i in range(SESSIONS):
+        info = finals.get(i)
+        if info is None:
+            isolation.append(f"session {i}: no final model info")
+        elif i < TRAINERS:
+            card = info.get("training", {})
+            if info["source"].startswith("shipped") or card.get("seed") != 100 + i:
+                isolation.append(f"trainer {i} ended with {info['source']} seed {card.get('seed')}")
+        elif not info["source"].startswith("shipped"):
+            isolation.append(f"session {i} (no training) sees {info['source']}")
+    return {"results": results, "isolation_problems": isolation,
+            "train_iters": {i: trains[i].get("iters") for i in sorted(trains)}}
+
+
+def load_test() -> dict:
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_HEARTBEAT_INTERVAL": "1", "MINIGPT_MAX_TRAINING_JOBS": "1"}
+    REPORT.parent.mkdir(exist_ok=True)
+    log = open(REPORT.with_name("classroom-server.log"), "w")
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        import httpx
+
+        def up():
+            try:
+                return httpx.get(url, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return server.poll() is not None
+        assert wait_for(up, timeout=180, every=0.5) and server.poll() is None, "the server did not start: " + log.name
+        idle = rss_mb(server.pid)
+        t0 = time.monotonic()
+        room = classroom(url)
+        seconds = time.monotonic() - t0
+        peak = rss_mb(server.pid, "VmHWM")
+        alive = server.poll() is None
+    finally:
+        stop_process(server, grace=20)
+        log.close()
+    results = room["results"]
+    errors = [f"{name}: {err}" for name, _, err in results if err]
+    by_name = {}
+    for name, secs, _ in results:
+        by_name.setdefault(name, []).append(secs)
+    return {"sessions": SESSIONS, "trainers": TRAINERS, "train_budget_s": TRAIN_SECONDS, "rounds": ROUNDS,
+            "requests": len(results), "errors": len(errors), "error_messages": errors[:20],
+            "errors_by_endpoint": {k: sum(1 for n, _, e in results if n == k and e) for k in by_name},
+            "isolation_problems": room["isolation_problems"], "train_iters": room["train_iters"],
+            "seconds": round(seconds, 1), "server_alive": alive, "cpus": os.cpu_count(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "rss_idle_mb": round(idle), "rss_peak_mb": round(peak),
+            "count": {k: len(v) for k, v in by_name.items()},
+            "p50_s": {k: round(statistics.median(v), 2) for k, v in by_name.items()},
+            "p95_s": {k: round(percentile(v, 0.95), 2) for k, v in by_name.items()},
+            "max_s": {k: round(max(v), 2) for k, v in by_name.items()}}
+
+
+@pytest.mark.slow
+def test_a_classroom_of_thirty():
+    report = load_test()
+    REPORT.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    assert report["server_alive"]
+    assert report["errors"] == 0, report["error_messages"]
+    assert not report["isolation_problems"], report["isolation_problems"]
+    assert len(report["train_iters"]) == TRAINERS
+    assert report["rss_peak_mb"] <= PEAK_RSS_LIMIT_MB, report
+    if os.environ.get("CLASSROOM_STRICT") == "1":
+        slow = {k: v for k, v in GOALS_P95_S.items() if report["p95_s"].get(k, 0) > v}
+        assert not slow, f"p95 over the goals {slow}: {report['p95_s']}"
+
+
+if __name__ == "__main__":
+    r = load_test()
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(json.dumps(r, indent=2))
+    print(json.dumps(r, indent=2))
