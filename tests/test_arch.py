@@ -121,7 +121,7 @@ def test_defaults_are_the_model_of_the_shipped_checkpoint():
     ids = torch.tensor(ck.tokenizer.encode(text[-20000:]))
     x, y = ids[:64 * 8].view(8, 64), ids[1:64 * 8 + 1].view(8, 64)
     with torch.no_grad():
-        assert ck.model(x, y)[1].item() < 1.8  # the shipped model's full-val loss is 1.57
+        assert ck.model(x, y)[1].item() < 2.0  # trained (an untrained model scores ln 65 = 4.17 here)
 
 
 @pytest.mark.parametrize("field,value,words", [
