@@ -121,7 +121,16 @@ def test_defaults_are_the_model_of_the_shipped_checkpoint():
     ids = torch.tensor(ck.tokenizer.encode(text[-20000:]))
     x, y = ids[:64 * 8].view(8, 64), ids[1:64 * 8 + 1].view(8, 64)
     with torch.no_grad():
-        assert ck.model(x, y)[1].item() < 2.0  # trained (an untrained model scores ln 65 = 4.17 here)
+        assert ck.model(x, y)[1].item() < 2.0  # untrained: 4.17; the shipped model's full-val loss is 1.57
+
+
+@pytest.mark.slow
+def test_the_shipped_checkpoint_scores_what_its_run_card_says():
+    """Written before the switches, loaded into today's model: the very same full-validation loss."""
+    from minigpt.evaluate import full_val_loss, val_split
+    ck = load_checkpoint(SHIPPED)
+    ids = torch.tensor(ck.tokenizer.encode(load_text("shakespeare")))
+    assert full_val_loss(ck.model, val_split(ids)) == pytest.approx(ck.training["val_loss"], abs=1e-4)
 
 
 @pytest.mark.parametrize("field,value,words", [
