@@ -123,8 +123,9 @@ def arch_summary(cfg: GPTConfig) -> str:
     return ", ".join(arch_changes(cfg)) or "standard GPT"
 
 
-def estimate_params(cfg: GPTConfig) -> int:
-    """Parameter count of the model `cfg` describes, without building it (tied head counted once)."""
+def estimate_params(cfg: GPTConfig, non_embedding: bool = False) -> int:
+    """Parameter count of the model `cfg` describes, without building it (tied head counted once);
+    without the position embeddings (if it has any) when non_embedding, as GPT.num_params does."""
     V, T, L, C = cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd
     if cfg.model == "bigram":
         return V * V
@@ -133,7 +134,7 @@ def estimate_params(cfg: GPTConfig) -> int:
     attn = C * 3 * C + 3 * C * b + C * C + C * b
     mlp = C * 4 * C + 4 * C * b + 4 * C * C + C * b
     block = norm + attn + (norm + mlp if cfg.mlp else 0)
-    return V * C + (T * C if cfg.pos_emb else 0) + L * block + norm
+    return V * C + (T * C if cfg.pos_emb and not non_embedding else 0) + L * block + norm
 
 
 class TokenBatchNorm(nn.BatchNorm1d):
