@@ -36,7 +36,7 @@ import torch
 
 from . import __version__
 from .limits import Limits, check_float, check_int
-from .model import NORMS, GPTConfig, arch_summary
+from .model import GPTConfig, arch_summary
 from .train import Done, Eval, Run, TrainConfig, sample_text, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,8 @@ RUNGS = (
     Rung("residual", "residual connections: x + f(x), so gradients flow straight through", "003", 2.08),
     Rung("norm", "normalise each sublayer's input: one standard transformer block", "003", 2.06),
     Rung("depth", "four blocks: the page's default model", "004", 1.48,
-         "the lecture's last line is a bigger model (6 blocks, 384 wide, dropout) trained longer on a GPU"),
+         "a deeper model starts slower: at a short budget one block can match four, and depth pays off "
+         "with longer training (the lecture's last line is also a bigger model: 6 blocks, 384 wide)"),
 )
 
 
@@ -166,6 +167,7 @@ class RungStarted:
     params: int
     architecture: str  # arch_summary of its config
     config: dict
+    remark: str = ""   # what to know when reading its number (Rung.remark)
 
 
 @dataclass
@@ -267,7 +269,7 @@ def run_ladder(settings: LadderConfig, tokenizer, splits, stop: threading.Event 
         yield RungStarted(rung=i, rungs=len(chosen), name=name, idea=RUNGS[i - 1].idea,
                           notebook=RUNGS[i - 1].notebook, params=run.model.num_params(),
                           architecture=arch_summary(cfg) if cfg.model == "gpt" else "bigram table",
-                          config=cfg.to_dict())
+                          config=cfg.to_dict(), remark=RUNGS[i - 1].remark)
         end, curve = None, []
         for ev in train(run, replace(tcfg), stop=stop, limits=limits):
             if isinstance(ev, Done):

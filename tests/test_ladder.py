@@ -101,6 +101,7 @@ def test_every_rung_trains_and_generates(tiny_data):
     assert isinstance(events[-1], LadderDone) and not events[-1].stopped and events[-1].rungs == done
     for s, d, cfg in zip(started, done, ladder_configs(tok.vocab_size, 16, 8)):
         assert s.params == d.params == estimate_params(cfg) and s.config == cfg.to_dict()
+        assert s.remark == d.remark == RUNGS[s.rung - 1].remark
         assert d.iters == 4 and d.reason == "max_iters" and 0 < d.val_loss < 10 and d.tokens_per_s > 0
         assert len(d.sample) >= 12 and set(d.sample) <= set(tok.chars)
         assert [p[0] for p in d.curve] == [2, 4]  # an estimate every iters // evals steps
