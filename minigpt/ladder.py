@@ -147,7 +147,8 @@ class LadderConfig:
         """The trainer's settings for every rung: the TrainConfig defaults under this budget."""
         n = len(RUNGS)
         if self.iters_per_rung is not None:
-            iters, seconds = self.iters_per_rung, limits.max_train_seconds / n  # the time limit still holds
+            # run_ladder gives each rung what is left of the one-job time limit
+            iters, seconds = self.iters_per_rung, limits.max_train_seconds
             interval = max(1, iters // self.evals)
         else:
             iters, seconds = limits.max_iters, self.seconds_per_rung
@@ -261,6 +262,15 @@ def run_ladder(settings: LadderConfig, tokenizer, splits, stop: threading.Event 
         if stop is not None and stop.is_set():
             stopped = True
             break
+        rung_cfg = replace(tcfg)
+        if settings.iters_per_rung is not None:
+            # The whole ladder is one training job under the time limit. A rung's cap is what is left of
+            # it, not limit / 8: a cap near the rung's real duration would let the clock, not the steps,
+            # drive its learning-rate schedule on a slow machine.
+            rung_cfg.max_seconds = limits.max_train_seconds - (time.perf_counter() - t0)
+            if rung_cfg.max_seconds <= 0:
+                stopped = True
+                break
         r0 = time.perf_counter()
         cfg = configs[i]
         run = Run.create(cfg, tokenizer, splits, device=settings.device, seed=settings.seed, data_name="ladder")
@@ -271,7 +281,7 @@ def run_ladder(settings: LadderConfig, tokenizer, splits, stop: threading.Event 
                           architecture=arch_summary(cfg) if cfg.model == "gpt" else "bigram table",
                           config=cfg.to_dict(), remark=RUNGS[i - 1].remark)
         end, curve = None, []
-        for ev in train(run, replace(tcfg), stop=stop, limits=limits):
+        for ev in train(run, rung_cfg, stop=stop, limits=limits):
             if isinstance(ev, Done):
                 end = ev
                 continue

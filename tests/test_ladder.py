@@ -148,6 +148,14 @@ def test_settings_are_checked_before_anything_trains(tiny_data):
         list(run_ladder(tiny_settings(), tok, splits, rungs=[0]))
 
 
+def test_the_whole_ladder_is_one_job_under_the_time_limit(tiny_data):
+    from minigpt.limits import Limits
+    tok, splits = tiny_data
+    events = list(run_ladder(tiny_settings(iters_per_rung=100_000), tok, splits, limits=Limits(max_train_seconds=0.5)))
+    done = [e for e in events if isinstance(e, RungDone)]
+    assert done[0].reason == "max_seconds" and len(done) < 8 and events[-1].stopped
+
+
 def test_a_seconds_budget_stops_each_rung_on_the_clock(tiny_data):
     tok, splits = tiny_data
     done = [e for e in run_ladder(tiny_settings(iters_per_rung=None, seconds_per_rung=0.3), tok, splits, rungs=[1, 2])
