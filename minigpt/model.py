@@ -30,7 +30,7 @@ SWITCHES = ("norm", "residual", "mlp", "pos_emb", "activation")  # GPTConfig's a
 class GPTConfig:
     vocab_size: int = 65       # 65 characters in Tiny Shakespeare
     block_size: int = 64       # context length: the most tokens the model looks back on
-    n_layer: int = 4           # transformer blocks
+    n_layer: int = 4           # transformer blocks (0: embeddings straight into the head)
     n_head: int = 4            # attention heads per block; must divide n_embd
     n_embd: int = 128          # width of the residual stream
     dropout: float = 0.0       # 0 for short runs on small data; ~0.2 for long runs of big models
@@ -51,8 +51,10 @@ class GPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+            # A GPT with no blocks is embeddings straight into the head: the ladder's second rung.
+            lowest = 0 if name == "n_layer" and self.model == "gpt" else 1
+            if value < lowest:
+                raise ValueError(f"{name} must be ≥ {lowest}, got {value}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")

@@ -301,7 +301,7 @@ def test_there_are_at_least_fifty_api_cases():
 # ---- the command line ----------------------------------------------------------------------------
 
 CLI_CASES = [
-    (["train", "--n-layer", "0"], "n_layer"),
+    (["train", "--n-layer", "-1"], "n_layer"),
     (["train", "--n-embd", "-8"], "n_embd"),
     (["train", "--n-embd", "100", "--n-head", "3"], "divisible"),
     (["train", "--dropout", "1.0"], "dropout"),

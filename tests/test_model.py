@@ -98,3 +98,33 @@ def test_bigram_is_a_lookup_table():
 def test_sequence_longer_than_context_is_refused(tiny_gpt):
     with pytest.raises(ValueError, match="context"):
         tiny_gpt(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_a_gpt_with_no_blocks_is_embeddings_into_the_head(tmp_path):
+    """n_layer = 0 (the ladder's second rung): logits = (wte[token] + wpe[position]) · wteᵀ."""
+    from minigpt.checkpoint import load_checkpoint, save_checkpoint
+    from minigpt.generate import stream_ids
+    from minigpt.sampling import SamplingConfig
+    from minigpt.tokenizers import CharTokenizer
+    cfg = GPTConfig(vocab_size=12, block_size=8, n_layer=0, n_head=1, n_embd=16, norm="none", mlp=False)
+    torch.manual_seed(0)
+    m = GPT(cfg).eval()
+    assert len(m.transformer.h) == 0 and m.num_params() == estimate_params(cfg) == 12 * 16 + 8 * 16
+    x = torch.tensor([[3, 1, 4, 1, 5]])
+    wte, wpe = m.transformer.wte.weight, m.transformer.wpe.weight
+    assert torch.allclose(m(x)[0][0], (wte[x[0]] + wpe[:5]) @ wte.T, atol=1e-6)
+    assert m(x, return_attn=True)[2] == []
+    sampling = SamplingConfig("greedy")
+    cached = [t for t, _ in stream_ids(m, [3, 1], 12, sampling, use_cache=True)]
+    naive = [t for t, _ in stream_ids(m, [3, 1], 12, sampling, use_cache=False)]
+    assert cached == naive and len(cached) == 12  # past the context too
+    tok = CharTokenizer.from_text("abcdefghijkl")
+    ck = load_checkpoint(save_checkpoint(tmp_path / "m.safetensors", m, tok))
+    assert ck.config.n_layer == 0 and torch.equal(ck.model(x)[0], m(x)[0])
+
+
+def test_only_the_gpt_may_have_no_blocks():
+    with pytest.raises(ValueError, match="n_layer"):
+        GPTConfig(model="bigram", n_layer=0).validate()
+    with pytest.raises(ValueError, match="n_layer"):
+        GPTConfig(n_layer=-1).validate()
