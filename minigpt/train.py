@@ -23,7 +23,8 @@ from .device import Precision, ThreadTuner, pick_device, pick_precision
 from .evaluate import estimate_loss, full_val_loss
 from .generate import generate
 from .limits import Limits, check_float, check_int
-from .model import GPTConfig, build_model, decay_split
+from .model import GPTConfig, build_model
+from .optim import OPTIMIZERS, make_optimizer, optimizer_kind
 from .sampling import SamplingConfig
 
 STOP_REASONS = ("max_iters", "max_seconds", "target", "stopped", "diverged")
@@ -33,7 +34,9 @@ STOP_REASONS = ("max_iters", "max_seconds", "target", "stopped", "diverged")
 class TrainConfig:
     batch_size: int = 16              # sequences per step; small batches learn more per token (32 or 48: worse)
     grad_accum: int = 1               # micro-steps per step (per process); batch_size stays the step's total
-    lr: float = 6e-3                  # peak learning rate: high suits short runs of small models (3e-3: slower)
+    optimizer: str = "muon"           # muon (the blocks' matrices; AdamW for the rest) | adamw
+    lr: float = 6e-3                  # AdamW's peak learning rate: high suits short runs of small models (3e-3: slower)
+    muon_lr: float = 0.02             # Muon's peak learning rate (the same schedule scales both)
     min_lr: float = 6e-5              # the cosine decays to ~0: worth 0.03 of loss over 6000 steps vs lr/10
     warmup_iters: int = 50            # linear warmup from ~0 to lr
     max_iters: int = 6000             # steps in this call of train(): ~2.5 min on 2 CPU cores, val ~1.56
@@ -56,7 +59,10 @@ class TrainConfig:
         limits = limits or Limits.from_env()
         self.batch_size = check_int("batch_size", self.batch_size, 1, limits.max_batch)
         self.grad_accum = check_int("grad_accum", self.grad_accum, 1, self.batch_size)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         self.lr = check_float("lr", self.lr, 0.0, 1.0, lo_open=True)
+        self.muon_lr = check_float("muon_lr", self.muon_lr, 0.0, 10.0, lo_open=True)
         self.min_lr = check_float("min_lr", self.min_lr, 0.0, self.lr)
         self.warmup_iters = check_int("warmup_iters", self.warmup_iters, 0, limits.max_iters)
         self.max_iters = check_int("max_iters", self.max_iters, 1, limits.max_iters)
@@ -170,13 +176,6 @@ def plan_iters(target: float, tokens_per_step: int = PLAN_TOKENS_PER_STEP) -> in
     return max(1, round(math.exp(log_h) * PLAN_TOKENS_PER_STEP / tokens_per_step))
 
 
-def make_optimizer(model, cfg: TrainConfig, device: str) -> torch.optim.Optimizer:
-    decay, no_decay = decay_split(model)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    extra = {"fused": True} if device.split(":")[0] in ("cpu", "cuda") else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), **extra)
-
-
 @dataclass
 class Run:
     """Everything a training session carries between calls of train(): Stop keeps it, Continue reuses it."""
@@ -270,9 +269,12 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
     model, precision = run.model, run.precision
     block = model.config.block_size
     device = precision.device
-    if run.optimizer is None:
-        run.optimizer = make_optimizer(model, cfg, device)
+    fresh = run.optimizer is None or optimizer_kind(run.optimizer) != cfg.optimizer
+    if fresh:
+        run.optimizer = make_optimizer(model, cfg, device)  # a switch of optimizer starts a fresh one
     opt = run.optimizer
+    for group in opt.param_groups:  # one schedule, each optimizer with its own peak
+        group["peak_lr"] = cfg.muon_lr if group.get("kind") == "muon" else cfg.lr
     params = [p for p in model.parameters() if p.requires_grad]
     # A continued run draws new batches; each rank draws its own.
     gen = torch.Generator().manual_seed(cfg.seed + run.iters + 1_000_003 * (team.rank if team else 0))
@@ -281,7 +283,7 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
     fwd = team.wrap(model) if team is not None else model  # DDP for forward/backward; `model` is what we save
     good = _snapshot(model)
     sync_every = 1 if device.split(":")[0] == "cpu" else 10  # reading the loss is a host sync on GPUs
-    warmup = run.iters == 0  # a continued run's optimizer is already warmed up
+    warmup = run.iters == 0 or fresh  # a continued run's optimizer is already warmed up
     tokens_per_step = cfg.batch_size * block
     # The cosine runs over `horizon` steps: max_iters, or for a fresh target run a planned horizon
     # (then min_lr until the target or max_iters). Near the end of the plan, where the target is
@@ -317,7 +319,7 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
             progress = max(progress, elapsed / cfg.max_seconds)
         lr = lr_at(cfg, progress, it, warmup)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["peak_lr"] * lr / cfg.lr
 
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
