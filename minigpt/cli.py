@@ -75,7 +75,7 @@ def add_train(sub):
     p.add_argument("--out", default="runs/model.safetensors", help="checkpoint to write")
     p.add_argument("--resume", default=None, help="continue training from this checkpoint")
     p.add_argument("--weights-only", action="store_true",
-                   help="save without the optimizer state (a third of the size; --resume then restarts AdamW)")
+                   help="save without the optimizer state (a third of the size; --resume then starts a fresh optimizer)")
     p.add_argument("--log-json", action="store_true", help="one JSON object per event; a summary last")
     p.add_argument("--log-interval", type=int, default=10, help="steps between progress lines / step events")
     p.set_defaults(func=run_train)
