@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .data import Splits, data_dir
-from .device import pick_precision
+from .device import cpu_has_native_bf16, pick_precision
 from .model import GPTConfig
 from .train import TrainConfig
 
@@ -95,12 +95,13 @@ def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int
 
 
 def gen_tokens_per_s(model_cfg: GPTConfig, tokens: int, use_cache: bool, seed: int = 0,
-                     device: str = "cpu") -> float:
-    """Tokens/s of `generate()` (temperature sampling) from the default start, random weights."""
+                     device: str = "cpu", weights: torch.dtype = torch.float32) -> float:
+    """Tokens/s of `generate()` (temperature sampling) from the default start, random weights
+    (stored as `weights`: bf16 halves the bytes a cached step reads)."""
     from .generate import generate
     from .model import build_model
     torch.manual_seed(seed)
-    model = build_model(replace(model_cfg)).to(device)
+    model = build_model(replace(model_cfg)).to(device=device, dtype=weights)
     tokenizer = _char_tokenizer(model_cfg.vocab_size)
     prompt = ""  # the default start: one token, as `sample` without --prompt
     t0 = time.perf_counter()
@@ -239,6 +240,11 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
     out["decode_weight_mb"] = round(weight_bytes_per_token(sizes.gen_model) / 1e6, 1)
     out["decode_floor_ms"] = round(out["decode_weight_mb"] / out["memory_bandwidth_gbs"], 2)
     out["decode_vs_floor"] = round(out["decode_step_ms"] / out["decode_floor_ms"], 2)
+    if device == "cpu" and cpu_has_native_bf16():  # bf16 weights for inference: half the bytes per token
+        bf = max(gen_tokens_per_s(sizes.gen_model, sizes.gen_tokens, True, device=device, weights=torch.bfloat16)
+                 for _ in range(sizes.gen_rounds))
+        out["decode_step_ms_bf16"] = round(1000 / bf, 2)
+        out["decode_floor_ms_bf16"] = round(out["decode_floor_ms"] / 2, 2)
     log("app cold start ...")
     cold = app_cold_start() if sizes.cold_start else None
     out["cold_start_s"] = round(cold, 2) if cold is not None else None
