@@ -31,14 +31,14 @@ from pathlib import Path
 import torch
 
 from .data import Splits, data_dir
-from .device import pick_precision
+from .device import cpu_has_native_bf16, pick_precision
 from .model import GPTConfig
 from .train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_SCRIPT = ROOT.parent / "shared" / "bench" / "nanogpt_cpu_recipe.py"
 KEYS = ("train_tokens_per_s", "train_tokens_per_s_fp32", "gen_tokens_per_s_cache", "gen_tokens_per_s_nocache",
-        "cold_start_s", "peak_rss_mb", "device", "dtype")
+        "cold_start_s", "peak_rss_mb", "device", "dtype", "optimizer", "decode_step_ms", "decode_floor_ms")
 
 
 @dataclass(frozen=True)
@@ -95,17 +95,43 @@ def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int
 
 
 def gen_tokens_per_s(model_cfg: GPTConfig, tokens: int, use_cache: bool, seed: int = 0,
-                     device: str = "cpu") -> float:
-    """Tokens/s of `generate()` (temperature sampling) from the default start, random weights."""
+                     device: str = "cpu", weights: torch.dtype = torch.float32) -> float:
+    """Tokens/s of `generate()` (temperature sampling) from the default start, random weights
+    (stored as `weights`: bf16 halves the bytes a cached step reads)."""
     from .generate import generate
     from .model import build_model
     torch.manual_seed(seed)
-    model = build_model(replace(model_cfg)).to(device)
+    model = build_model(replace(model_cfg)).to(device=device, dtype=weights)
     tokenizer = _char_tokenizer(model_cfg.vocab_size)
     prompt = ""  # the default start: one token, as `sample` without --prompt
     t0 = time.perf_counter()
     n = sum(1 for _ in generate(model, tokenizer, prompt, tokens, seed=seed, use_cache=use_cache))
     return n / (time.perf_counter() - t0)
+
+
+def memory_bandwidth_gbs(megabytes: int = 256, rounds: int = 5) -> float:
+    """Read bandwidth (GB/s): the best of `rounds` sums over a tensor far larger than the caches."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    x.sum()  # touch every page first
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
+def weight_bytes_per_token(model_cfg: GPTConfig) -> int:
+    """Bytes of weights one cached decoding step reads: every matrix and gain once (the tied embedding
+    as the LM head), one row of the position table."""
+    from .model import build_model
+    with torch.device("meta"):
+        model = build_model(replace(model_cfg))
+    total = 0
+    for name, p in model.named_parameters():  # a tied tensor is listed once
+        rows = 1 if name.endswith("wpe.weight") else p.shape[0]
+        total += rows * (p.numel() // p.shape[0]) * 4  # fp32 weights
+    return total
 
 
 def _free_port() -> int:
@@ -184,7 +210,8 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
     device = pick_device(device)
     fast = pick_precision(device, "auto", sizes.train_model.n_embd).dtype
     out: dict = {"device": device, "dtype": fast, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "machine": platform.machine(), "batch_size": TrainConfig().batch_size}
+                 "machine": platform.machine(), "batch_size": TrainConfig().batch_size,
+                 "optimizer": TrainConfig().optimizer}
     if baseline:
         log("baseline: nanoGPT's CPU recipe ...")
         b = run_baseline(200 if sizes.train_rounds < 3 else 400)
@@ -207,6 +234,17 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
     out["gen_tokens_per_s_cache"] = round(max(gen[True]), 1)
     out["gen_tokens_per_s_nocache"] = round(max(gen[False]), 1)
     out["kv_cache_speedup"] = round(out["gen_tokens_per_s_cache"] / out["gen_tokens_per_s_nocache"], 1)
+    # The cached step reads every weight once: its floor is those bytes over the memory bandwidth.
+    out["decode_step_ms"] = round(1000 / out["gen_tokens_per_s_cache"], 2)
+    out["memory_bandwidth_gbs"] = round(memory_bandwidth_gbs(), 1)
+    out["decode_weight_mb"] = round(weight_bytes_per_token(sizes.gen_model) / 1e6, 1)
+    out["decode_floor_ms"] = round(out["decode_weight_mb"] / out["memory_bandwidth_gbs"], 2)
+    out["decode_vs_floor"] = round(out["decode_step_ms"] / out["decode_floor_ms"], 2)
+    if device == "cpu" and cpu_has_native_bf16():  # bf16 weights for inference: half the bytes per token
+        bf = max(gen_tokens_per_s(sizes.gen_model, sizes.gen_tokens, True, device=device, weights=torch.bfloat16)
+                 for _ in range(sizes.gen_rounds))
+        out["decode_step_ms_bf16"] = round(1000 / bf, 2)
+        out["decode_floor_ms_bf16"] = round(out["decode_floor_ms"] / 2, 2)
     log("app cold start ...")
     cold = app_cold_start() if sizes.cold_start else None
     out["cold_start_s"] = round(cold, 2) if cold is not None else None
@@ -228,7 +266,7 @@ def _num(value, unit: str = "", digits: int = 0) -> str:
 def table(r: dict, sizes: Sizes = FULL) -> str:
     """The bench results as a Markdown table (what the README shows)."""
     t, g = sizes.train_model, sizes.gen_model
-    shape = f"{t.n_layer}×{t.n_head}×{t.n_embd}, context {t.block_size}, batch {r['batch_size']}"
+    shape = f"{t.n_layer}×{t.n_head}×{t.n_embd}, context {t.block_size}, batch {r['batch_size']}, {r['optimizer']}"
     gshape = f"{g.n_layer}×{g.n_head}×{g.n_embd}, context {g.block_size}, {sizes.gen_tokens} tokens"
     rows = [("training, fp32", shape, _num(r["train_tokens_per_s_fp32"], " tok/s")),
             (f"training, fast path ({r['dtype']})", shape,
@@ -240,6 +278,8 @@ def table(r: dict, sizes: Sizes = FULL) -> str:
     rows += [("generation, KV cache", gshape, _num(r["gen_tokens_per_s_cache"], " tok/s", 1)
               + f" ({r['kv_cache_speedup']}× no cache)"),
              ("generation, no cache", gshape, _num(r["gen_tokens_per_s_nocache"], " tok/s", 1)),
+             ("decode step vs its floor", f"{r['decode_weight_mb']} MB of weights ÷ {r['memory_bandwidth_gbs']} GB/s",
+              f"{r['decode_step_ms']} ms vs {r['decode_floor_ms']} ms ({r['decode_vs_floor']}×)"),
              ("app cold start", "python app.py until the port answers", _num(r["cold_start_s"], " s", 1)),
              ("peak RSS, training", "python -m minigpt train (default model)", _num(r["peak_rss_mb"], " MB"))]
     lines = [f"minigpt bench: {r['device']} ({r['dtype']}), torch {r['torch']}, {r['threads']} threads", "",

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save
 from . import __version__
 from .data import atomic_write
 from .limits import Limits
-from .model import GPTConfig, build_model, decay_split
+from .model import GPTConfig, build_model
 from .tokenizers import tokenizer_from_dict
 
 FORMAT = "minigpt"
@@ -142,23 +142,36 @@ def expected_shapes(config: GPTConfig) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items() if k != TIED}
 
 
-def _check_optimizer(header: dict, config: GPTConfig) -> bool:
-    """True if optimizer tensors are present and fit the model; CheckpointError if present and wrong."""
+def _check_optimizer(header: dict, metadata: dict, config: GPTConfig) -> bool:
+    """True if a complete optimizer state that fits the model is present; False if there is none;
+    CheckpointError if there is one and it is incomplete, of an unknown optimizer or misfit."""
+    from .optim import state_layout
     names = [k for k in header if k.startswith("optimizer.")]
     if not names:
         return False
+    meta = _json_field(metadata, "optimizer", required=False)
+    if not isinstance(meta, dict) or not isinstance(meta.get("type", "AdamW"), str):
+        raise CheckpointError("the checkpoint has optimizer tensors but no valid 'optimizer' metadata")
     with torch.device("meta"):
         model = build_model(config)
-    decay, no_decay = decay_split(model)
-    shapes = [list(p.shape) for p in decay + no_decay]
+    try:
+        layout = state_layout(model, meta.get("type", "AdamW"))
+    except ValueError as e:
+        raise CheckpointError(f"the optimizer state is not usable: {e}") from None
     for name in names:
         parts = name.split(".")
-        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(shapes) \
-                or parts[2] not in ("step", "exp_avg", "exp_avg_sq"):
+        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(layout) \
+                or parts[2] not in layout[int(parts[1])][1]:
             raise CheckpointError(f"unexpected tensor {name!r} in the optimizer state")
-        want = [] if parts[2] == "step" else shapes[int(parts[1])]
+        shape, _ = layout[int(parts[1])]
+        want = [] if parts[2] == "step" else shape
         if header[name]["shape"] != want or header[name]["dtype"] != "F32":
             raise CheckpointError(f"optimizer tensor {name!r} does not fit the model")
+    missing = [f"optimizer.{i}.{key}" for i, (_, keys) in enumerate(layout) for key in keys
+               if f"optimizer.{i}.{key}" not in header]
+    if missing:
+        raise CheckpointError(f"the optimizer state is incomplete ({len(missing)} tensors missing, e.g. "
+                              f"{missing[0]!r}): a damaged file? Save with --weights-only to leave it out")
     return True
 
 
@@ -200,7 +213,7 @@ def inspect_checkpoint(path, limits: Limits | None = None) -> tuple[GPTConfig, o
             raise CheckpointError(f"tensor {name} has shape {have[name]['shape']}, the config needs {shape}")
         if have[name]["dtype"] != "F32":
             raise CheckpointError(f"tensor {name} has dtype {have[name]['dtype']}, expected F32")
-    _check_optimizer(header, config)
+    _check_optimizer(header, metadata, config)
     return config, tokenizer, training, header, metadata
 
 
@@ -224,8 +237,12 @@ def load_checkpoint(path, device: str = "cpu", limits: Limits | None = None) -> 
         state: dict[int, dict] = {}
         for name, t in tensors.items():
             if name.startswith("optimizer."):
+                if not torch.isfinite(t).all():
+                    raise CheckpointError(f"the optimizer state contains NaN or infinity ({name})")
                 _, idx, key = name.split(".")
                 state.setdefault(int(idx), {})[key] = t
-        optimizer_state = {"state": dict(sorted(state.items())), "param_groups": opt_meta.get("param_groups", [])}
+        # Hyperparameters come from the run that resumes, never from the file: only the tensors count.
+        optimizer_state = {"state": dict(sorted(state.items())), "type": opt_meta.get("type", "AdamW"),
+                           "param_groups": opt_meta.get("param_groups", [])}
     return Checkpoint(model=model.to(device), tokenizer=tokenizer, config=config, training=training,
                       optimizer_state=optimizer_state, path=os.fspath(path))

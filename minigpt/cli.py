@@ -65,7 +65,11 @@ def add_train(sub):
                    help=f"sequences per step, over all processes and micro-steps (default {t.batch_size})")
     p.add_argument("--grad-accum", type=int, default=t.grad_accum,
                    help="micro-steps per step: the same batch in smaller pieces, for less memory (default 1)")
-    p.add_argument("--lr", type=float, default=t.lr, help=f"peak learning rate (default {t.lr})")
+    p.add_argument("--optimizer", default=None, choices=["adamw", "muon"],
+                   help=f"muon: Muon on the blocks' matrices, AdamW on the rest; adamw: AdamW alone "
+                        f"(default {t.optimizer}; with --resume, the checkpoint's)")
+    p.add_argument("--lr", type=float, default=t.lr, help=f"AdamW's peak learning rate (default {t.lr})")
+    p.add_argument("--muon-lr", type=float, default=t.muon_lr, help=f"Muon's peak learning rate (default {t.muon_lr})")
     p.add_argument("--min-lr", type=float, default=t.min_lr, help=f"final learning rate (default {t.min_lr})")
     p.add_argument("--warmup-iters", type=int, default=t.warmup_iters, help="warmup steps")
     p.add_argument("--max-iters", type=int, default=None,
@@ -85,7 +89,7 @@ def add_train(sub):
     p.add_argument("--out", default="runs/model.safetensors", help="checkpoint to write")
     p.add_argument("--resume", default=None, help="continue training from this checkpoint")
     p.add_argument("--weights-only", action="store_true",
-                   help="save without the optimizer state (a third of the size; --resume then restarts AdamW)")
+                   help="save without the optimizer state (a third of the size; --resume then starts a fresh optimizer)")
     p.add_argument("--log-json", action="store_true", help="one JSON object per event; a summary last")
     p.add_argument("--log-interval", type=int, default=10, help="steps between progress lines / step events")
     p.set_defaults(func=run_train)
@@ -122,12 +126,14 @@ def _data(source: str, kind: str, tokenizer=None):
     return tokenizer, _splits(text, tokenizer)
 
 
-def build_run(args, limits: Limits):
-    """The Run `train` works on: fresh from the flags, or resumed from a checkpoint."""
+def build_run(args, limits: Limits, cfg=None):
+    """The Run `train` works on: fresh from the flags, or resumed from a checkpoint (its optimizer
+    state restored when it is complete and for the optimizer `cfg` uses, else a fresh one and a note)."""
     from .checkpoint import load_checkpoint
     from .device import pick_device, pick_precision
     from .model import GPTConfig
-    from .train import Run, make_optimizer
+    from .optim import restore_optimizer
+    from .train import Run, TrainConfig
 
     name = args.data if args.data == "shakespeare" else str(args.data)
     dtype = "float32" if args.fp32 else args.dtype
@@ -139,12 +145,10 @@ def build_run(args, limits: Limits):
                   precision=pick_precision(device, dtype, ck.config.n_embd), data_name=name,
                   iters=int(ck.training.get("iters", 0) or 0), seconds=float(ck.training.get("seconds", 0) or 0))
         if ck.optimizer_state is not None:
-            from .train import TrainConfig
-            run.optimizer = make_optimizer(run.model, TrainConfig(), device)
-            try:
-                run.optimizer.load_state_dict(ck.optimizer_state)
-            except (ValueError, KeyError) as e:
-                raise UserError(f"the optimizer state in {args.resume} does not fit its model: {e}") from None
+            cfg = cfg or TrainConfig()
+            run.optimizer, note = restore_optimizer(run.model, cfg, device, ck.optimizer_state)
+            if note:
+                print(note, file=sys.stderr)
         return run
     tokenizer, splits = _data(args.data, args.tokenizer)
     cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
@@ -161,6 +165,24 @@ def _max_iters(args, limits: Limits) -> int:
         return args.max_iters
     from .train import TrainConfig
     return limits.max_iters if args.max_seconds is not None else TrainConfig().max_iters
+
+
+def _optimizer(args) -> str:
+    """--optimizer; else on --resume the optimizer whose state the checkpoint holds (or that its run
+    card names), so that a resume continues the same curve; else the default."""
+    from .train import TrainConfig
+    if args.optimizer or not args.resume:
+        return args.optimizer or TrainConfig().optimizer
+    from .checkpoint import CheckpointError, inspect_checkpoint
+    try:
+        _, _, training, header, metadata = inspect_checkpoint(args.resume)
+    except CheckpointError:
+        return TrainConfig().optimizer  # build_run reports what is wrong with the file
+    if any(k.startswith("optimizer.") for k in header):
+        return "muon" if json.loads(metadata.get("optimizer", "{}")).get("type") == "MuonAdamW" else "adamw"
+    saved = training.get("train_config")
+    saved = saved.get("optimizer") if isinstance(saved, dict) else None
+    return saved if saved in ("adamw", "muon") else TrainConfig().optimizer
 
 
 def run_train(args) -> int:
@@ -181,7 +203,8 @@ def _train(args, team) -> int:
     limits = Limits.from_env()
     if team is not None:
         args.device = team.device  # cuda:<local rank>, or cpu
-    cfg = TrainConfig(batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, min_lr=min(args.min_lr, args.lr),
+    cfg = TrainConfig(batch_size=args.batch_size, grad_accum=args.grad_accum, optimizer=_optimizer(args),
+                      lr=args.lr, muon_lr=args.muon_lr, min_lr=min(args.min_lr, args.lr),
                       warmup_iters=args.warmup_iters, max_iters=_max_iters(args, limits), max_seconds=args.max_seconds,
                       target_val_loss=args.target_val_loss, eval_interval=args.eval_interval,
                       eval_iters=args.eval_iters, seed=args.seed, device=args.device,
@@ -189,7 +212,7 @@ def _train(args, team) -> int:
     cfg.validate(limits)
     if args.log_interval < 1:
         raise UserError("--log-interval must be >= 1")
-    run = build_run(args, limits)
+    run = build_run(args, limits, cfg)
     if team is None or team.is_main:  # before the first step: a run must not be lost to an unwritable --out
         check_writable(args.out, "--out")
     stop = team.stop if team is not None else threading.Event()

@@ -186,7 +186,44 @@ def files(tmp_path_factory):
     save_file({**tensors, "backdoor": torch.zeros(3)}, str(d / "extra.safetensors"), metadata=meta)
     save_file(tensors, str(d / "vocab.safetensors"),
               metadata={**meta, "tokenizer": json.dumps({"type": "char", "chars": "abc"})})
+    _hostile_optimizer_states(d, model, tok)
     return d
+
+
+def _hostile_optimizer_states(d, model, tok):
+    """Checkpoints whose optimizer state (AdamW's, or Muon + AdamW's) is incomplete, misfit or poisoned."""
+    import torch
+
+    from minigpt.checkpoint import save_checkpoint
+    from minigpt.optim import make_optimizer
+    from minigpt.train import TrainConfig
+
+    (d / "small.txt").write_text(SMALL_TEXT)
+    for kind in ("adamw", "muon"):
+        opt = make_optimizer(model, TrainConfig(optimizer=kind), "cpu")
+        x = torch.randint(0, tok.vocab_size, (2, 16))
+        model(x, x)[1].backward()
+        opt.step()
+        opt.zero_grad()
+        path = save_checkpoint(d / f"{kind}-state.safetensors", model, tok, {"iters": 1}, opt)
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        key = "exp_avg" if kind == "adamw" else "momentum_buffer"
+        victim = next(k for k in tensors if k.endswith("." + key))
+        save_file({k: v for k, v in tensors.items() if k != victim}, str(d / f"{kind}-missing.safetensors"),
+                  metadata=meta)
+        save_file({**tensors, victim: tensors[victim][:1].clone()}, str(d / f"{kind}-misfit.safetensors"),
+                  metadata=meta)
+        save_file({**tensors, victim: torch.full_like(tensors[victim], float("nan"))},
+                  str(d / f"{kind}-nan.safetensors"), metadata=meta)
+        other = {"adamw": "MuonAdamW", "muon": "AdamW"}[kind]  # tensors of one, labelled as the other
+        save_file(tensors, str(d / f"{kind}-mislabelled.safetensors"),
+                  metadata={**meta, "optimizer": json.dumps({"type": other, "param_groups": []})})
+    save_file(tensors, str(d / "unknown-optimizer.safetensors"),
+              metadata={**meta, "optimizer": json.dumps({"type": "Frobnicator", "param_groups": []})})
+    no_meta = {k: v for k, v in meta.items() if k != "optimizer"}
+    save_file(tensors, str(d / "state-without-meta.safetensors"), metadata=no_meta)
 
 
 def fingerprint(session) -> tuple:
@@ -324,6 +361,18 @@ CLI_CASES = [
     (["train", "--out", "/proc/minigpt-no-such/run.safetensors"], "cannot be created"),
     (["train", "--out", "/sys/run.safetensors"], "cannot be written"),  # read-only, even for root
     (["train", "--out", ""], "--out is empty"),
+    # hostile optimizer states: refused before any training, never a traceback from inside the optimizer
+    (["train", "--resume", "FILE:adamw-missing.safetensors", "--data", "FILE:small.txt"], "optimizer state is incomplete"),
+    (["train", "--resume", "FILE:muon-missing.safetensors", "--data", "FILE:small.txt"], "optimizer state is incomplete"),
+    (["train", "--resume", "FILE:adamw-misfit.safetensors", "--data", "FILE:small.txt"], "does not fit the model"),
+    (["train", "--resume", "FILE:muon-misfit.safetensors", "--data", "FILE:small.txt"], "does not fit the model"),
+    (["train", "--resume", "FILE:adamw-nan.safetensors", "--data", "FILE:small.txt"], "NaN"),
+    (["train", "--resume", "FILE:muon-nan.safetensors", "--data", "FILE:small.txt"], "NaN"),
+    (["train", "--resume", "FILE:adamw-mislabelled.safetensors", "--data", "FILE:small.txt"], "optimizer state"),
+    (["train", "--resume", "FILE:muon-mislabelled.safetensors", "--data", "FILE:small.txt"], "optimizer state"),
+    (["train", "--resume", "FILE:unknown-optimizer.safetensors", "--data", "FILE:small.txt"], "unknown optimizer"),
+    (["train", "--resume", "FILE:state-without-meta.safetensors", "--data", "FILE:small.txt"], "'optimizer' metadata"),
+    (["train", "--optimizer", "muon", "--muon-lr", "nan"], "muon_lr"),
     (["sample", "FILE:good.safetensors", "--tokens", "0"], "--tokens"),
     (["sample", "FILE:good.safetensors", "--tokens", str(10**9)], "--tokens"),
     (["sample", "FILE:good.safetensors", "--temperature", "0"], "temperature"),
@@ -346,6 +395,7 @@ CLI_CASES = [
 ARGPARSE_CASES = [
     ["train", "--tokenizer", "word"],
     ["train", "--max-iters", "many"],
+    ["train", "--optimizer", "sgd"],
     ["sample", "x.safetensors", "--strategy", "beam"],
     ["sample"],
     ["frobnicate"],
@@ -364,6 +414,18 @@ def test_cli_refuses_bad_input_with_exit_2_and_one_line(files, capsys, args, mes
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert re.search(message, err), err
     assert not (files / "never-written.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind,other", [("adamw", "muon"), ("muon", "adamw")])
+def test_cli_resume_with_the_other_optimizer_starts_it_fresh_with_a_note(files, capsys, tmp_path, kind, other):
+    from minigpt.cli import main
+    out = tmp_path / "m.safetensors"
+    argv = ["train", "--resume", str(files / f"{kind}-state.safetensors"), "--data", str(files / "small.txt"),
+            "--optimizer", other, "--max-iters", "2", "--eval-iters", "1", "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("note: ") and "fresh optimizer" in err[0], err
+    assert out.exists()
 
 
 @pytest.mark.parametrize("args", ARGPARSE_CASES, ids=lambda a: " ".join(a))

@@ -165,3 +165,31 @@ def test_target_run_decays_over_its_plan_and_checks_near_its_end(small_text):
     assert lrs[10] > 10 * cfg.min_lr
     assert [e.iter for e in events if isinstance(e, Eval)] == [16, 17, 18, 19, 20]  # the last 20% of the plan
     assert events[-1].reason == "max_iters" and events[-1].final_val_loss > 0.01
+
+
+def test_bf16_inference_weights_match_fp32_logits():
+    """bf16 weights (what bench times for decoding where the CPU has bf16) give the fp32 model's
+    next-token distribution within 0.01 of probability, and the same top token almost everywhere."""
+    import torch
+
+    from minigpt.model import build_model
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64)
+    ref_model = build_model(cfg).eval()
+    bf16 = build_model(cfg)
+    bf16.load_state_dict(ref_model.state_dict())
+    bf16 = bf16.to(torch.bfloat16).eval()
+    x = torch.randint(0, 65, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, out = ref_model(x)[0].float(), bf16(x)[0].float()
+    assert (ref.softmax(-1) - out.softmax(-1)).abs().max() < 0.01
+    assert (ref.argmax(-1) == out.argmax(-1)).float().mean() > 0.95
+
+
+def test_decode_floor_counts_each_weight_once():
+    from minigpt import bench
+    cfg = GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)
+    per_layer = 12 * 384 * 384 + 2 * 384  # attention and MLP matrices, two gains
+    want = (6 * per_layer + 65 * 384 + 384 + 384) * 4  # + the tied embedding/head, a position row, ln_f
+    assert bench.weight_bytes_per_token(cfg) == want
+    assert bench.memory_bandwidth_gbs(megabytes=16, rounds=1) > 0

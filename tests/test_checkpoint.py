@@ -43,13 +43,13 @@ def test_round_trip_is_bit_exact(saved):
 
 def test_optimizer_state_round_trip(tmp_path, saved):
     _, model, tok = saved
-    opt = make_optimizer(model, TrainConfig(), "cpu")
+    opt = make_optimizer(model, TrainConfig(optimizer="adamw"), "cpu")
     x = torch.randint(0, tok.vocab_size, (2, 16))
     model(x, x)[1].backward()
     opt.step()
     path = save_checkpoint(tmp_path / "o.safetensors", model, tok, {}, opt)
     ck = load_checkpoint(path)
-    opt2 = make_optimizer(ck.model, TrainConfig(), "cpu")
+    opt2 = make_optimizer(ck.model, TrainConfig(optimizer="adamw"), "cpu")
     opt2.load_state_dict(ck.optimizer_state)
     a, b = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert a.keys() == b.keys()

@@ -1,0 +1,189 @@
+"""Optimizers: AdamW alone, or Muon for the 2-D weights inside the blocks and AdamW for the rest.
+
+Muon (Keller Jordan's, `torch.optim.Muon`) replaces each weight matrix's momentum by its nearest
+orthogonal matrix (a few Newton–Schulz iterations in bf16), so every direction of the update moves
+by about the same amount. It learns far more per step than AdamW on a small GPT; it only takes
+matrices, so embeddings, the tied head and the LayerNorm gains stay with AdamW. One learning-rate
+schedule drives both: each parameter group has its own peak (`peak_lr`) and follows the same curve.
+
+`BatchedMuon` is torch's Muon with one change, for speed on a CPU: the matrices of the same shape
+(one per block) are orthogonalised together in a batched matmul instead of one at a time. Its
+state (`momentum_buffer` per matrix) and its arithmetic are torch's.
+
+Optimizer state is saved in checkpoints as `optimizer.{index}.{key}` tensors; `state_layout` says
+what a complete state holds for a model, so the loader can refuse an incomplete or misfit one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import decay_split
+
+OPTIMIZERS = ("adamw", "muon")
+TYPE_NAMES = {"adamw": "AdamW", "muon": "MuonAdamW"}  # the `type` stored in a checkpoint's metadata
+ADAMW_KEYS = ("step", "exp_avg", "exp_avg_sq")
+MUON_KEYS = ("momentum_buffer",)
+
+
+def muon_split(model) -> tuple[list, list, list]:
+    """(matrices inside the blocks → Muon, other matrices and embeddings → AdamW with decay, gains → AdamW)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    muon = [p for n, p in named if p.dim() == 2 and ".h." in n]
+    ids = {id(p) for p in muon}
+    decay, no_decay = decay_split(model)
+    return muon, [p for p in decay if id(p) not in ids], [p for p in no_decay if id(p) not in ids]
+
+
+def _ns_batched(g: torch.Tensor, steps: int, coeffs, eps: float, dtype) -> torch.Tensor:
+    """Newton–Schulz orthogonalisation of a stack of equal matrices (k, m, n) with m <= n."""
+    a, b, c = coeffs
+    x = g.to(dtype)
+    x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=eps)  # spectral norm <= 1
+    for _ in range(steps):
+        gram = torch.bmm(x, x.transpose(1, 2))                 # (k, m, m)
+        upd = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, upd, x, beta=a)
+    return x
+
+
+class BatchedMuon(torch.optim.Muon):
+    """torch.optim.Muon, with the matrices of one shape orthogonalised in one batched call."""
+
+    def __init__(self, params, ns_dtype=torch.bfloat16, **kwargs):
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            if not params:
+                continue
+            lr, wd, mom = float(group["lr"]), group["weight_decay"], group["momentum"]
+            torch._foreach_lerp_(bufs, grads, 1 - mom)
+            updates = ([g.lerp(b, mom) for g, b in zip(grads, bufs)] if group["nesterov"] else bufs)
+            by_shape: dict[tuple, list[int]] = {}
+            for i, p in enumerate(params):
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            if wd:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            for (rows, cols), idx in by_shape.items():
+                tall = rows > cols
+                stack = torch.stack([updates[i].T if tall else updates[i] for i in idx])
+                ortho = _ns_batched(stack, group["ns_steps"], group["ns_coefficients"], group["eps"], self.ns_dtype)
+                if tall:
+                    ortho = ortho.transpose(1, 2)
+                scale = lr * max(1.0, rows / cols) ** 0.5  # torch's "original" lr adjustment
+                for j, i in enumerate(idx):
+                    params[i].add_(ortho[j].to(params[i].dtype), alpha=-scale)
+        return loss
+
+
+class MuonAdamW:
+    """Muon on the blocks' matrices and AdamW on the rest, stepped together as one optimizer.
+
+    `param_groups` lists AdamW's groups then Muon's, each tagged with `kind`; the state dict numbers
+    the parameters in that order (AdamW's first), like a single torch optimizer's would.
+    """
+
+    def __init__(self, adamw: torch.optim.Optimizer, muon: torch.optim.Optimizer):
+        self.adamw, self.muon = adamw, muon
+
+    @property
+    def param_groups(self) -> list:
+        return self.adamw.param_groups + self.muon.param_groups
+
+    def _n_adamw(self) -> int:
+        return sum(len(g["params"]) for g in self.adamw.param_groups)
+
+    def step(self, closure=None):
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.adamw.zero_grad(set_to_none)
+        self.muon.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        a, m = self.adamw.state_dict(), self.muon.state_dict()
+        n = self._n_adamw()
+        state = dict(a["state"])
+        state.update({i + n: s for i, s in m["state"].items()})
+        groups = a["param_groups"] + [dict(g, params=[i + n for i in g["params"]]) for g in m["param_groups"]]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        n = self._n_adamw()
+        a_state = {i: s for i, s in state_dict["state"].items() if i < n}
+        m_state = {i - n: s for i, s in state_dict["state"].items() if i >= n}
+        self.adamw.load_state_dict({"state": a_state, "param_groups": self.adamw.state_dict()["param_groups"]})
+        self.muon.load_state_dict({"state": m_state, "param_groups": self.muon.state_dict()["param_groups"]})
+
+
+def optimizer_kind(optimizer) -> str:
+    return "muon" if isinstance(optimizer, MuonAdamW) else "adamw"
+
+
+def make_optimizer(model, cfg, device: str):
+    """The optimizer `cfg.optimizer` names, for `model`; each group carries its kind and peak lr."""
+    extra = {"fused": True} if device.split(":")[0] in ("cpu", "cuda") else {}
+    kind = getattr(cfg, "optimizer", "adamw")
+    if kind == "adamw":
+        decay, no_decay = decay_split(model)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), **extra)
+        for g in opt.param_groups:
+            g.update(kind="adamw", peak_lr=cfg.lr)
+        return opt
+    if kind != "muon":
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
+    hidden, decay, no_decay = muon_split(model)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    adamw = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, cfg.beta2), **extra)
+    if not hidden:  # the bigram model has no blocks: AdamW does everything
+        for g in adamw.param_groups:
+            g.update(kind="adamw", peak_lr=cfg.lr)
+        return adamw
+    muon = BatchedMuon(hidden, lr=cfg.muon_lr, weight_decay=0.0, momentum=0.95)
+    for g in adamw.param_groups:
+        g.update(kind="adamw", peak_lr=cfg.lr)
+    for g in muon.param_groups:
+        g.update(kind="muon", peak_lr=cfg.muon_lr)
+    return MuonAdamW(adamw, muon)
+
+
+def state_layout(model, type_name: str) -> list[tuple[list[int], tuple[str, ...]]]:
+    """For each parameter index of a complete saved state: (its shape, the keys it must hold)."""
+    if type_name == "AdamW":
+        decay, no_decay = decay_split(model)
+        return [(list(p.shape), ADAMW_KEYS) for p in decay + no_decay]
+    if type_name == "MuonAdamW":
+        hidden, decay, no_decay = muon_split(model)
+        return ([(list(p.shape), ADAMW_KEYS) for p in decay + no_decay]
+                + [(list(p.shape), MUON_KEYS) for p in hidden])
+    raise ValueError(f"unknown optimizer type {type_name!r}")
+
+
+def restore_optimizer(model, cfg, device: str, saved: dict | None):
+    """(optimizer for `cfg`, note): the saved state restored when it is for the same optimizer and
+    model, else a fresh optimizer and a one-line note saying why. `saved` is a checkpoint's
+    validated `optimizer_state` (with its `type`), or None."""
+    opt = make_optimizer(model, cfg, device)
+    if not saved or not saved.get("state"):
+        return opt, ""
+    want = TYPE_NAMES["muon"] if isinstance(opt, MuonAdamW) else "AdamW"
+    have = saved.get("type", "AdamW")
+    if have != want:
+        return opt, (f"note: the checkpoint holds {have} state but this run uses {want}: "
+                     f"starting a fresh optimizer")
+    try:
+        opt.load_state_dict({"state": saved["state"], "param_groups": opt.state_dict()["param_groups"]})
+    except (ValueError, KeyError, RuntimeError) as e:
+        return make_optimizer(model, cfg, device), f"note: the saved optimizer state does not fit ({e}): starting a fresh optimizer"
+    return opt, ""

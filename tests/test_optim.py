@@ -1,0 +1,140 @@
+"""The optimizers: Muon + AdamW is torch's Muon, its state survives a checkpoint, a resume continues
+the same curve, a diverging Muon run stops cleanly, and a checkpoint of the other optimizer gives a
+fresh one with a note."""
+
+import pytest
+import torch
+
+from minigpt.checkpoint import load_checkpoint, save_checkpoint
+from minigpt.data import split_ids
+from minigpt.model import GPTConfig
+from minigpt.optim import BatchedMuon, MuonAdamW, make_optimizer, muon_split, restore_optimizer
+from minigpt.tokenizers import CharTokenizer
+from minigpt.train import Done, Run, Step, TrainConfig, train
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n" * 60
+
+
+@pytest.fixture(scope="module")
+def data():
+    tok = CharTokenizer.from_text(TEXT)
+    return tok, split_ids(torch.tensor(tok.encode(TEXT)))
+
+
+def _run(tok, splits, seed=0):
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    return Run.create(cfg, tok, splits, device="cpu", dtype="float32", seed=seed, data_name="t")
+
+
+def _cfg(**kw):
+    return TrainConfig(**{"max_iters": 6, "eval_interval": 1000, "sample_every": 0, "batch_size": 4,
+                          "warmup_iters": 2, "optimizer": "muon", **kw})
+
+
+def test_muon_goes_to_block_matrices_only(data):
+    tok, splits = data
+    run = _run(tok, splits)
+    hidden, decay, no_decay = muon_split(run.model)
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    assert hidden and all(".h." in names[id(p)] and p.dim() == 2 for p in hidden)
+    assert {names[id(p)] for p in decay} == {"transformer.wte.weight", "transformer.wpe.weight"}
+    assert all(p.dim() == 1 for p in no_decay)
+    opt = make_optimizer(run.model, _cfg(), "cpu")
+    assert isinstance(opt, MuonAdamW) and {g["kind"] for g in opt.param_groups} == {"adamw", "muon"}
+
+
+@pytest.mark.parametrize("nesterov,wd", [(True, 0.0), (False, 0.1)])
+def test_batched_muon_matches_torch_muon(nesterov, wd):
+    torch.manual_seed(0)
+    shapes = [(48, 16), (48, 16), (16, 16), (16, 64), (16, 64)]
+    a = [torch.randn(s, requires_grad=True) for s in shapes]
+    b = [p.detach().clone().requires_grad_(True) for p in a]
+    ours = BatchedMuon(a, lr=0.02, weight_decay=wd, nesterov=nesterov)
+    ref = torch.optim.Muon(b, lr=0.02, weight_decay=wd, nesterov=nesterov)
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for p, q, g in zip(a, b, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    for p, q in zip(a, b):  # bf16 Newton–Schulz: the same arithmetic, batched (matmul order may differ)
+        assert torch.allclose(p, q, atol=2e-3), (p - q).abs().max()
+        assert torch.equal(ours.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"])
+
+
+def test_one_schedule_drives_both_peaks(data):
+    tok, splits = data
+    run = _run(tok, splits)
+    cfg = _cfg(lr=4e-3, muon_lr=0.04, max_iters=4)
+    list(train(run, cfg))
+    groups = run.optimizer.param_groups
+    adam = [g for g in groups if g["kind"] == "adamw"][0]
+    muon = [g for g in groups if g["kind"] == "muon"][0]
+    assert muon["lr"] / adam["lr"] == pytest.approx(0.04 / 4e-3)
+
+
+def test_muon_state_round_trip(data, tmp_path):
+    tok, splits = data
+    run = _run(tok, splits)
+    list(train(run, _cfg()))
+    path = save_checkpoint(tmp_path / "m.safetensors", run.model, tok, run.run_card(), run.optimizer)
+    ck = load_checkpoint(path)
+    assert ck.optimizer_state["type"] == "MuonAdamW"
+    opt, note = restore_optimizer(ck.model, _cfg(), "cpu", ck.optimizer_state)
+    assert note == "" and isinstance(opt, MuonAdamW)
+    a, b = run.optimizer.state_dict()["state"], opt.state_dict()["state"]
+    assert a.keys() == b.keys() and len(a) == len(list(run.model.parameters()))
+    for k in a:
+        assert a[k].keys() == b[k].keys()
+        for key in a[k]:
+            assert torch.equal(torch.as_tensor(a[k][key]).float(), torch.as_tensor(b[k][key]).float()), (k, key)
+
+
+@pytest.mark.parametrize("kind", ["muon", "adamw"])
+def test_resume_from_a_checkpoint_continues_the_same_curve(data, tmp_path, kind):
+    tok, splits = data
+    first, second = _cfg(optimizer=kind), _cfg(optimizer=kind, max_iters=5)
+    run = _run(tok, splits)
+    list(train(run, first))
+    path = save_checkpoint(tmp_path / "r.safetensors", run.model, tok, run.run_card(), run.optimizer)
+    in_memory = [e.loss for e in train(run, second) if isinstance(e, Step)]
+
+    ck = load_checkpoint(path)
+    resumed = Run(model=ck.model, tokenizer=tok, splits=splits, precision=run.precision, iters=ck.training["iters"])
+    resumed.optimizer, note = restore_optimizer(resumed.model, second, "cpu", ck.optimizer_state)
+    assert note == ""
+    from_file = [e.loss for e in train(resumed, second) if isinstance(e, Step)]
+    assert from_file == pytest.approx(in_memory, abs=1e-5)
+
+    fresh = Run(model=load_checkpoint(path).model, tokenizer=tok, splits=splits, precision=run.precision,
+                iters=ck.training["iters"])
+    without_state = [e.loss for e in train(fresh, second) if isinstance(e, Step)]
+    assert without_state != pytest.approx(in_memory, abs=1e-5)  # the state is what made them equal
+
+
+def test_state_of_the_other_optimizer_gives_a_fresh_one_and_a_note(data, tmp_path):
+    tok, splits = data
+    run = _run(tok, splits)
+    list(train(run, _cfg(optimizer="adamw")))
+    path = save_checkpoint(tmp_path / "a.safetensors", run.model, tok, run.run_card(), run.optimizer)
+    ck = load_checkpoint(path)
+    opt, note = restore_optimizer(ck.model, _cfg(optimizer="muon"), "cpu", ck.optimizer_state)
+    assert isinstance(opt, MuonAdamW) and not opt.state_dict()["state"]
+    assert "AdamW" in note and "fresh" in note and "\n" not in note
+
+
+def test_diverging_muon_run_stops_and_keeps_the_last_good_weights(data):
+    tok, splits = data
+    run = _run(tok, splits)
+    good = {k: v.clone() for k, v in run.model.state_dict().items()}
+    original = run.model.forward
+
+    def poisoned(idx, targets=None, **kw):
+        logits, loss = original(idx, targets, **kw)
+        return logits, loss * float("nan") if targets is not None and run.iters >= 3 else loss
+
+    run.model.forward = poisoned
+    done = list(train(run, _cfg(max_iters=20)))[-1]
+    assert isinstance(done, Done) and done.reason == "diverged" and "learning rate" in done.message
+    assert all(torch.equal(good[k], v) for k, v in run.model.state_dict().items())
+    assert all(torch.isfinite(b["momentum_buffer"]).all() for b in run.optimizer.muon.state.values())
