@@ -5,8 +5,10 @@ Call `build_concepts_tab()` inside an open `gr.Blocks()` (usually inside `gr.Tab
 Each experiment gets a sub-tab with its knobs, a Run button, the figures with what to look for
 under each, and the numbers. Handlers call minigpt/experiments/ for the numbers and
 minigpt/experiment_plots.py for the figures; ranges and defaults come from the knobs there.
+The gradient and norm experiments end with a button that sets the Train tab up to show the same
+idea in a real GPT (minigpt/ui/architecture.py; layout.py wires it across the tabs).
 API endpoints: /softmax_scaling, /gradient_flow, /norm_compare. May import gradio, minigpt's core
-and minigpt.ui.inputs.
+and minigpt.ui.inputs / architecture.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import gradio as gr
 
 from minigpt import experiment_plots as P
 from minigpt import experiments as E
+from .architecture import try_button
 from .inputs import CheckboxGroup, Dropdown, Number, Slider
 
 EVENT = dict(show_progress="minimal", trigger_mode="always_last", concurrency_limit=2, concurrency_id="concepts")
@@ -91,7 +94,8 @@ def _wire(knobs: list, run_btn, extra_triggers: list, fn, outputs, api_name: str
     gr.on(triggers, fn, knobs, outputs, api_name=api_name, **EVENT)
 
 
-def build_concepts_tab():
+def build_concepts_tab() -> dict:
+    """Lay out the three experiments; returns the "try it in the Train tab" buttons by experiment."""
     # The first sub-tab draws itself when its parent tab opens (or, standalone, when the page loads);
     # the others when they are selected, so opening the app costs nothing.
     parent = gr.context.Context.block
@@ -140,6 +144,7 @@ def build_concepts_tab():
                     run = gr.Button("Run", variant="primary")
                 with gr.Column(scale=3):
                     outputs = _figures("gradients")
+                    try_gradients = try_button("gradients")
             _wire([depth, width, activations, init, residual, layernorm, explode_gain, max_norm, lr, sgd_steps, seed],
                   run, [grad_tab.select], gradient_flow, outputs, "gradient_flow")
 
@@ -159,11 +164,12 @@ def build_concepts_tab():
                 with gr.Column(scale=3):
                     outputs = _figures("norms", numbers_open=True,
                                        code=(E.layer_norm_manual, E.batch_norm_manual))
+                    try_norms = try_button("norms")
             _wire([batch, features, shift, scale, feature_spread, bn_updates, seed], run, [norm_tab.select],
                   norm_compare, outputs, "norm_compare")
+    return {"gradients": try_gradients, "norms": try_norms}
 
 
 def build(page, tab: gr.Tab) -> dict:
-    """The page's Concepts tab (its sub-tabs draw themselves when opened)."""
-    build_concepts_tab()
-    return {}
+    """The page's Concepts tab (its sub-tabs draw themselves when opened); returns its "try" buttons."""
+    return {"try": build_concepts_tab()}
