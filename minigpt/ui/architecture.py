@@ -71,10 +71,9 @@ def build_switches() -> tuple[gr.Accordion, dict]:
     """The Architecture accordion, closed; returns it and its five switches by GPTConfig field name."""
     with gr.Accordion("Architecture (the standard GPT, or parts of it switched off)", open=False,
                       elem_id="arch-group") as group:
-        with gr.Row():
-            norm = Radio(NORM_CHOICES, value=D.norm, label="norm", info=HELP["norm"], elem_id="arch-norm")
-            activation = Radio(ACTIVATION_CHOICES, value=D.activation, label="MLP activation",
-                               info=HELP["activation"], elem_id="arch-activation")
+        norm = Radio(NORM_CHOICES, value=D.norm, label="norm", info=HELP["norm"], elem_id="arch-norm")
+        activation = Radio(ACTIVATION_CHOICES, value=D.activation, label="MLP activation", info=HELP["activation"],
+                           elem_id="arch-activation")
         residual = Checkbox(D.residual, label="residual connections", info=HELP["residual"], elem_id="arch-residual")
         mlp = Checkbox(D.mlp, label="MLP", info=HELP["mlp"], elem_id="arch-mlp")
         pos_emb = Checkbox(D.pos_emb, label="position embeddings", info=HELP["pos_emb"], elem_id="arch-pos-emb")
