@@ -221,10 +221,8 @@ class Session:
         if cfg is None or self.run.iters == 0:
             return ""
         knobs = (spec.model, spec.n_layer, spec.n_head, spec.n_embd, spec.block_size)
-        if cfg.model == "bigram":
-            same = spec.model == "bigram"
-        else:
-            same = knobs == (cfg.model, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size)
+        same = (spec.model == "bigram" if cfg.model == "bigram"
+                else knobs == (cfg.model, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size))
         if not same:
             return ("Continue keeps this model's shape, architecture and data; the shape knobs apply to the "
                     "next Start.")

@@ -82,18 +82,18 @@ def build_switches() -> tuple[gr.Accordion, dict]:
 
 
 def build_layer_plots() -> list[gr.Plot]:
-    """The two per-block plots, side by side, with a line on how to read them."""
-    with gr.Row(equal_height=True):
-        grad = gr.Plot(show_label=False, elem_id="layer-grad-plot", format="png")
-        act = gr.Plot(show_label=False, elem_id="layer-act-plot", format="png")
+    """The two per-block plots, one above the other (side by side their labels would be too small to read
+    at a projector's width), with a line on how to read them."""
+    grad = gr.Plot(show_label=False, elem_id="layer-grad-plot", format="png")
+    act = gr.Plot(show_label=False, elem_id="layer-act-plot", format="png")
     gr.Markdown(PLOTS_NOTE, elem_classes="mg-explain")
     return [grad, act]
 
 
 def layer_figures(view) -> tuple:
     """The two per-block figures of a TrainView (placeholders until the first evaluation)."""
-    return (layer_plots.layer_grad_figure(view.layers, width=5.0, height=3.2),
-            layer_plots.layer_act_figure(view.layers, width=5.0, height=3.2))
+    return (layer_plots.layer_grad_figure(view.layers, width=6.0, height=3.0),
+            layer_plots.layer_act_figure(view.layers, width=6.0, height=3.0))
 
 
 class LayerFigures:
