@@ -133,6 +133,8 @@ def test_architecture_group_and_per_block_plots(page):
     page.wait_for_timeout(2500)  # the plots redraw at most every 2 s: let them show a later evaluation
     page.locator("#stop-btn").click()
     page.wait_for_selector("#train-status >> text=Finished", timeout=90_000)  # 8 blocks' full validation, on a busy CPU
+    page.wait_for_timeout(1000)  # any late update of the stream
+    assert "training…" not in page.locator("#model-badge").inner_text()
     page.locator("#layer-grad-plot").scroll_into_view_if_needed()
     shoot(page, "14-train-architecture", full=True)
     boxes = [page.locator(f"#{p}").bounding_box() for p in ("layer-grad-plot", "layer-act-plot")]

@@ -81,6 +81,11 @@ def build_switches() -> tuple[gr.Accordion, dict]:
     return group, dict(norm=norm, residual=residual, mlp=mlp, pos_emb=pos_emb, activation=activation)
 
 
+def standard() -> tuple:
+    """The standard GPT's switches, in build_switches' order (a preset starts from them)."""
+    return D.norm, D.residual, D.mlp, D.pos_emb, D.activation
+
+
 def build_layer_plots() -> list[gr.Plot]:
     """The two per-block plots, one above the other (side by side their labels would be too small to read
     at a projector's width), with a line on how to read them."""

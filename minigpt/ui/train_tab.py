@@ -17,7 +17,7 @@ from minigpt.train import TrainConfig
 from minigpt.train_spec import SHAKESPEARE, TrainSpec, read_text_file
 from minigpt.training_view import TrainView
 
-from .architecture import LayerFigures, build_layer_plots, build_switches, layer_figures
+from .architecture import LayerFigures, build_layer_plots, build_switches, layer_figures, standard
 from .checkpoints_tab import save, show_file
 from .common import LIMITS, PLAYGROUND, Page, session_of, user_errors
 from .inputs import Dropdown, Number, Radio, Slider
@@ -67,8 +67,11 @@ def train_outputs(view, s, layers=layer_figures):
     """The outputs of every Train-tab action; `layers(view)` draws (or skips) the two per-block plots."""
     sample = f"— sample at iteration {view.sample_iter} —\n{view.sample}" if view.sample else ""
     card = view.card or (s.current().card if s.owned is not None else {})
+    info = s.info()
+    if view.state == "done":  # the run's last view: its wrap-up may still be going, but the model is final
+        info["training_now"] = False
     return (plots.loss_frame(view.steps, view.evals), plots.status_html(view), sample, card,
-            plots.model_html(s.info()), *layers(view))
+            plots.model_html(info), *layers(view))
 
 
 @user_errors
@@ -224,6 +227,8 @@ def build(page: Page, tab: gr.Tab) -> dict:
                    api_visibility="private", queue=False)
     data.change(choose_data, data, [text, upload], api_visibility="private", queue=False)
     preset.input(apply_preset, preset, shape, api_visibility="private", queue=False)
+    # A preset is a standard GPT (and the bigram preset could not take switches at all).
+    preset.input(standard, None, list(switches.values()), api_visibility="private", queue=False)
     jobs = dict(concurrency_limit=LIMITS.max_training_jobs, concurrency_id="train", show_progress="hidden")
     train_ev = start_btn.click(train, knobs, outputs, api_name="train", **jobs)
     cont_ev = continue_btn.click(continue_training, knobs, outputs, api_name="continue_training", **jobs)
