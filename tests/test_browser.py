@@ -141,6 +141,8 @@ def test_architecture_group_and_per_block_plots(page):
     x0, y0 = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
     x1, y1 = max(b["x"] + b["width"] for b in boxes), max(b["y"] + b["height"] for b in boxes)
     page.screenshot(path=str(SHOTS / "15-layer-plots.png"), clip=dict(x=x0, y=y0, width=x1 - x0, height=y1 - y0))
+    page.get_by_role("tab", name="Concepts").click()  # leave the Concepts tab on its first experiment again
+    page.get_by_role("tab", name="Softmax and √d").click()
 
 
 def test_compare_sampling_and_next_token(page):
