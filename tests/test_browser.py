@@ -113,6 +113,9 @@ def test_architecture_group_and_per_block_plots(page):
     from minigpt.model import GPTConfig, estimate_params
     page.get_by_role("tab", name="Concepts").click()
     page.get_by_role("tab", name="Vanishing & exploding gradients").click()
+    page.wait_for_selector("#concepts-gradient_flow img")
+    page.locator("#try-gradients").scroll_into_view_if_needed()
+    shoot(page, "13b-concepts-try-in-a-gpt")
     page.locator("#try-gradients").click()
     # The Train tab is selected, its Architecture group open, the knobs set: 8 layers, sigmoid, no residual, no norm.
     page.wait_for_selector("#arch-batchnorm-note >> text=part of why transformers use LayerNorm")

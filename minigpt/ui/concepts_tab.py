@@ -67,12 +67,15 @@ def _seed():
     return Number(E.SEED.default, label="seed", precision=0, minimum=E.SEED.lo, maximum=E.SEED.hi)
 
 
-def _figures(kind: str, numbers_open: bool = False, code=()):
-    """A plot and its explanation per figure, optional source code, then the numbers; returns the outputs."""
+def _figures(kind: str, numbers_open: bool = False, code=(), links: dict | None = None):
+    """A plot and its explanation per figure, optional source code, then the numbers; returns the outputs.
+    With `links`, the first figure is followed by its "try it in a GPT" button, put in `links[kind]`."""
     outputs = []
-    for key, _ in P.FIGURES[kind]:
+    for i, (key, _) in enumerate(P.FIGURES[kind]):
         outputs.append(gr.Plot(show_label=False, elem_id=f"concepts-{key}"))
         gr.Markdown(E.EXPLANATIONS[key], elem_classes="mg-explain")
+        if i == 0 and links is not None:
+            links[kind] = try_button(kind)
     if code:
         with gr.Accordion("The formulas by hand (compared with torch.nn in the numbers below)", open=False):
             gr.Code("\n\n".join(inspect.getsource(f) for f in code), language="python", interactive=False)
@@ -101,6 +104,7 @@ def build_concepts_tab() -> dict:
     parent = gr.context.Context.block
     first_show = parent.select if isinstance(parent, gr.Tab) else gr.context.Context.root_block.load
     S, G, N = E.SOFTMAX_KNOBS, E.GRADIENT_KNOBS, E.NORM_KNOBS
+    links = {}  # experiment -> its "try it in a GPT" button
     with gr.Tabs():
         with gr.Tab("Softmax and √d", id="concepts-softmax"):  # selected by default: first_show draws it
             gr.Markdown("Why attention computes softmax(q·k / √d): draw random queries and keys with "
@@ -143,8 +147,7 @@ def build_concepts_tab() -> dict:
                     seed = _seed()
                     run = gr.Button("Run", variant="primary")
                 with gr.Column(scale=3):
-                    outputs = _figures("gradients")
-                    try_gradients = try_button("gradients")
+                    outputs = _figures("gradients", links=links)
             _wire([depth, width, activations, init, residual, layernorm, explode_gain, max_norm, lr, sgd_steps, seed],
                   run, [grad_tab.select], gradient_flow, outputs, "gradient_flow")
 
@@ -163,11 +166,10 @@ def build_concepts_tab() -> dict:
                     run = gr.Button("Run", variant="primary")
                 with gr.Column(scale=3):
                     outputs = _figures("norms", numbers_open=True,
-                                       code=(E.layer_norm_manual, E.batch_norm_manual))
-                    try_norms = try_button("norms")
+                                       code=(E.layer_norm_manual, E.batch_norm_manual), links=links)
             _wire([batch, features, shift, scale, feature_spread, bn_updates, seed], run, [norm_tab.select],
                   norm_compare, outputs, "norm_compare")
-    return {"gradients": try_gradients, "norms": try_norms}
+    return links
 
 
 def build(page, tab: gr.Tab) -> dict:
