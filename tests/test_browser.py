@@ -133,7 +133,6 @@ def test_architecture_group_and_per_block_plots(page):
     page.wait_for_selector("#layer-act-plot img")
     page.wait_for_function("() => { const m = document.querySelector('#train-status').innerText"
                            ".match(/iteration ([\\d,]+)/); return m && +m[1].replace(/,/g, '') >= 60; }")
-    page.wait_for_timeout(2500)  # the plots redraw at most every 2 s: let them show a later evaluation
     page.locator("#stop-btn").click()
     page.wait_for_selector("#train-status >> text=Finished", timeout=90_000)  # 8 blocks' full validation, on a busy CPU
     page.wait_for_timeout(1000)  # any late update of the stream
