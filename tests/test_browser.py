@@ -142,7 +142,9 @@ def test_architecture_group_and_per_block_plots(page):
     boxes = [page.locator(f"#{p}").bounding_box() for p in ("layer-grad-plot", "layer-act-plot")]
     x0, y0 = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
     x1, y1 = max(b["x"] + b["width"] for b in boxes), max(b["y"] + b["height"] for b in boxes)
-    page.screenshot(path=str(SHOTS / "15-layer-plots.png"), clip=dict(x=x0, y=y0, width=x1 - x0, height=y1 - y0))
+    top = page.evaluate("window.scrollY")  # bounding boxes are in the viewport; a full-page clip is in the page
+    page.screenshot(path=str(SHOTS / "15-layer-plots.png"), full_page=True,
+                    clip=dict(x=x0, y=y0 + top, width=x1 - x0, height=y1 - y0))
     page.get_by_role("tab", name="Concepts").click()  # leave the Concepts tab on its first experiment again
     page.get_by_role("tab", name="Softmax and √d").click()
 
