@@ -21,6 +21,20 @@ from .train import Done, Eval, Run, Sample, Start, Step, TrainConfig, train
 from .training_queue import lower_thread_priority
 
 
+LAYER_HISTORY = 7  # evaluations of per-block diagnostics a view keeps (the latest and the ones drawn behind it)
+LAYER_KEYS = ("layer_grad_norms", "layer_act_std", "layer_attn_entropy")
+
+
+def layer_record(ev: Eval) -> dict:
+    """The per-block diagnostics of one Eval event (minigpt/diagnostics.py), as minigpt/layer_plots.py reads them."""
+    return {"iter": ev.iter, **{key: list(getattr(ev, key)) for key in LAYER_KEYS}}
+
+
+def layer_records(evals) -> list:
+    """The last LAYER_HISTORY evaluations that carry per-block diagnostics (none for the bigram)."""
+    return [layer_record(e) for e in evals if e.layer_grad_norms or e.layer_act_std][-LAYER_HISTORY:]
+
+
 class Thinned:
     """A list that keeps at most about `cap` points by doubling its stride (for light live plots)."""
 
@@ -53,6 +67,7 @@ class TrainView:
     dtype: str = ""
     steps: list = field(default_factory=list)   # (iter, batch loss), thinned
     evals: list = field(default_factory=list)   # (iter, train estimate, val estimate)
+    layers: list = field(default_factory=list)  # per-block diagnostics of the last evaluations (layer_record)
     sample: str = ""
     sample_iter: int | None = None
     reason: str = ""
@@ -130,6 +145,8 @@ class LiveTraining:
         elif isinstance(ev, Eval):
             view.val_loss = ev.val_loss
             view.evals.append((ev.iter, ev.train_loss, ev.val_loss))
+            if ev.layer_grad_norms or ev.layer_act_std:
+                view.layers = [*view.layers, layer_record(ev)][-LAYER_HISTORY:]
         elif isinstance(ev, Sample):
             view.sample, view.sample_iter = ev.text, ev.iter
         elif isinstance(ev, Done):
@@ -147,6 +164,7 @@ class LiveTraining:
         with self.lock:
             snap = copy.copy(self.view)
             snap.steps, snap.evals, snap.card = list(self.steps.items), list(self.view.evals), dict(self.view.card)
+            snap.layers = list(self.view.layers)
         return snap
 
     def views(self, interval: float = 0.5):

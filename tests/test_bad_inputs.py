@@ -23,7 +23,7 @@ from conftest import SMALL_TEXT
 
 TRAIN = dict(data="shakespeare", text="", upload=None, tokenizer="char", model="gpt", n_embd=32, n_head=2, n_layer=2,
              block_size=32, dropout=0.0, batch_size=16, lr=3e-3, budget="iterations", amount=20, eval_interval=10,
-             seed=1)
+             seed=1, norm="layer", residual=True, mlp=True, pos_emb=True, activation="gelu")
 COMPARE = dict(prompt="ROMEO:", tokens=8, seed=3, strategies=["greedy", "multinomial"], low_t=0.5, high_t=2.0,
                top_k=10, top_p=0.9, colour=True, use_cache=True)
 GENERATE = dict(prompt="ROMEO:", tokens=8, strategy="temperature", temperature=0.8, top_k=0, top_p=1.0, seed=1,
@@ -75,6 +75,19 @@ API_CASES = [
     ("/train", dict(data="upload", upload="FILE:blank.txt"), "empty"),
     ("/continue_training", dict(batch_size=0), "batch size must be between 1 and"),  # (shape knobs keep the model's)
     ("/continue_training", dict(lr=0), "learning rate must be between"),
+    # Train: the architecture switches
+    ("/train", dict(norm="group"), "norm must be one of 'layer', 'batch', 'rms', 'none'; got 'group'"),
+    ("/train", dict(norm=None), "norm must be one of"),
+    ("/train", dict(activation="swish"), "MLP activation must be one of 'gelu', 'relu', 'sigmoid', 'tanh'"),
+    ("/train", dict(residual="no"), "residual connections must be true or false, got 'no'"),
+    ("/train", dict(mlp=1), "MLP must be true or false, got 1"),
+    ("/train", dict(pos_emb=None), "position embeddings must be true or false"),
+    ("/train", dict(mlp=False, activation="sigmoid"), "activation 'sigmoid' needs the MLP"),
+    ("/train", dict(model="bigram", norm="batch"), "the bigram model has no blocks.*got BatchNorm"),
+    ("/continue_training", dict(norm="group"), "norm must be one of"),
+    ("/continue_training", dict(residual="off"), "residual connections must be true or false"),
+    ("/estimate", dict(mlp=False, activation="tanh"), "Cannot start.*needs the MLP"),
+    ("/estimate", dict(model="bigram", residual=False), "Cannot start.*bigram model has no blocks"),
     ("/estimate", dict(n_embd=48, n_head=5), "Cannot start.*not divisible"),
     ("/estimate", dict(n_layer=24, n_embd=1536, n_head=16), "Cannot start.*over the limit"),
     # Generate and compare sampling

@@ -107,6 +107,48 @@ def test_train_stream_and_stop(page):
     shoot(page, "03-train-stopped", full=True)
 
 
+def test_architecture_group_and_per_block_plots(page):
+    """The Concepts tab's gradient experiment sets up its GPT version in the Train tab; a short run
+    draws the gradient norm and activation spread of each block."""
+    from minigpt.model import GPTConfig, estimate_params
+    page.get_by_role("tab", name="Concepts").click()
+    page.get_by_role("tab", name="Vanishing & exploding gradients").click()
+    page.wait_for_selector("#concepts-gradient_flow img")
+    page.locator("#try-gradients").scroll_into_view_if_needed()
+    shoot(page, "13b-concepts-try-in-a-gpt")
+    page.locator("#try-gradients").click()
+    # The Train tab is selected, its Architecture group open, the knobs set: 8 layers, sigmoid, no residual, no norm.
+    page.wait_for_selector("#arch-batchnorm-note >> text=part of why transformers use LayerNorm")
+    page.wait_for_function("document.querySelector('#n-layer input[type=number]').value === '8'")
+    assert page.locator("#arch-residual input[type=checkbox]").is_checked() is False
+    assert page.locator("#arch-mlp input[type=checkbox]").is_checked() is True
+    vanishing = GPTConfig(vocab_size=65, block_size=32, n_layer=8, n_head=4, n_embd=32, norm="none", residual=False,
+                          activation="sigmoid")
+    for elem_id, value in (("n-embd", 32), ("n-head", 4), ("block-size", 32), ("amount", 60)):
+        set_number(page, elem_id, value)  # small and quick (the setting keeps the width)
+    page.wait_for_selector(f"#estimate >> text={estimate_params(vanishing):,} parameters")
+    page.locator("#start-btn").click()
+    page.wait_for_selector("#model-badge >> text=no norm, no residual, sigmoid MLP")
+    page.wait_for_selector("#layer-grad-plot img")
+    page.wait_for_selector("#layer-act-plot img")
+    page.wait_for_function("() => { const m = document.querySelector('#train-status').innerText"
+                           ".match(/iteration ([\\d,]+)/); return m && +m[1].replace(/,/g, '') >= 60; }")
+    page.locator("#stop-btn").click()
+    page.wait_for_selector("#train-status >> text=Finished", timeout=90_000)  # 8 blocks' full validation, on a busy CPU
+    page.wait_for_timeout(1000)  # any late update of the stream
+    assert "training…" not in page.locator("#model-badge").inner_text()
+    page.locator("#layer-grad-plot").scroll_into_view_if_needed()
+    shoot(page, "14-train-architecture", full=True)
+    boxes = [page.locator(f"#{p}").bounding_box() for p in ("layer-grad-plot", "layer-act-plot")]
+    x0, y0 = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
+    x1, y1 = max(b["x"] + b["width"] for b in boxes), max(b["y"] + b["height"] for b in boxes)
+    top = page.evaluate("window.scrollY")  # bounding boxes are in the viewport; a full-page clip is in the page
+    page.screenshot(path=str(SHOTS / "15-layer-plots.png"), full_page=True,
+                    clip=dict(x=x0, y=y0 + top, width=x1 - x0, height=y1 - y0))
+    page.get_by_role("tab", name="Concepts").click()  # leave the Concepts tab on its first experiment again
+    page.get_by_role("tab", name="Softmax and √d").click()
+
+
 def test_compare_sampling_and_next_token(page):
     page.get_by_role("tab", name="Checkpoints").click()
     page.locator("#shipped-btn").click()
