@@ -49,9 +49,10 @@ def test_averaging_three_ways_agree_and_the_model_attends(client):
 def test_a_tiny_ladder_streams_eight_rungs_and_keeps_the_model(client):
     job = client.submit(**TINY, api_name="/ladder")
     assert wait_for(lambda: len(job.outputs()) >= 1, timeout=120)
-    # One training job a session: the Train tab cannot start while the ladder runs.
-    with pytest.raises(AppError, match="already training"):
-        client.predict(n_embd=32, n_head=2, n_layer=1, budget="iterations", amount=5, api_name="/train")
+    # One training job: the Train tab's Start waits in the same pool until the ladder has finished.
+    train = client.submit(n_embd=32, n_head=2, n_layer=1, budget="iterations", amount=5, api_name="/train")
+    time.sleep(1.0)
+    assert not job.done() and train.status().code.name == "IN_QUEUE" and not train.outputs()
     status, curves, bars, table, samples = job.result(timeout=900)
     outputs = job.outputs()
     assert len(outputs) >= 3 and any("Live run in this session</b>: rung" in o[0] for o in outputs)
@@ -59,7 +60,7 @@ def test_a_tiny_ladder_streams_eight_rungs_and_keeps_the_model(client):
     assert len(rows(table)) == 8 and len(re.findall(r"<b>\d\.\d{3}</b>", table)) == 8
     assert "RMSNorm" in table and samples.count("class=\"mg-card\"") == 8
     assert curves["type"] == "matplotlib" and bars["type"] == "matplotlib"
-    assert client.predict(api_name="/model_info")[0]["source"].startswith("shipped")  # the ladder keeps the model
+    assert "Finished" in train.result(timeout=300)[1]  # then it trains
 
 
 def test_the_ladder_needs_no_arguments_and_stops_at_once(client):
@@ -110,3 +111,20 @@ def test_bad_ladder_settings_change_nothing():
         with pytest.raises(ValueError, match=words):
             next(ladder(s, LadderConfig(**{**dict(iters_per_rung=5, n_embd=16, block_size=16), **bad})))
         assert not s.training and s.ladder.view.state == "idle"
+
+
+def test_the_ladder_is_the_sessions_one_training_job_and_keeps_its_model():
+    from minigpt.ladder import LadderConfig
+    from minigpt.ladder_session import ladder, stop_soon
+    from minigpt.playground import Playground
+    from minigpt.train_spec import TrainSpec
+    s = Playground().session("me")
+    views = ladder(s, LadderConfig(iters_per_rung=100_000, n_embd=16, block_size=16), interval=0.05)
+    assert next(views).state == "training" and s.training
+    with pytest.raises(ValueError, match="already training"):
+        next(s.train(TrainSpec(n_embd=16, n_head=2, n_layer=1, budget="iterations", amount=5)))
+    assert wait_for(lambda: (s.ladder.live.snapshot().live or {}).get("iter", 0) > 0, timeout=120)
+    assert stop_soon(s, wait=5.0).state == "stopped"
+    last = list(views)[-1]
+    assert last.state == "done" and last.stopped and len(last.done) == 1 and last.done[0]["reason"] == "stopped"
+    assert not s.training and s.current().shared  # the shipped model, as before
