@@ -17,6 +17,7 @@ CSS = """
 .mg-ladder { width: 100%; border-collapse: collapse; font-size: .98rem; }
 .mg-ladder th, .mg-ladder td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid #e4e4e7;
                                vertical-align: top; }
+.mg-ladder td:nth-child(3) { width: 46%; }
 .mg-ladder td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .mg-ladder .mg-note { color: #c2410c; font-weight: 600; }
 .mg-ladder .mg-remark { color: #71717a; font-size: .88rem; }
@@ -85,10 +86,13 @@ def status_html(view, record: dict | None = None) -> str:
             f"<p>{head}</p>{extra}</div>")
 
 
-def table_html(done: list[dict], norm: str = "layer", running: dict | None = None) -> str:
+def table_html(done: list[dict], norm: str = "layer", running: dict | None = None,
+               measured: list[dict] | None = None) -> str:
     """All the rungs: name, idea, seed notebook, parameters, full-validation loss, the lecture's number,
-    and beside a rung that does not help at this budget, the note saying so (and its remark)."""
+    and beside a rung that does not help at this budget, the note saying so (and its remark). With
+    `measured` (the shipped record's rungs), its losses as a column beside a live run's."""
     by_rung = {int(r.get("rung", k + 1)): r for k, r in enumerate(done)}
+    shipped = {int(r.get("rung", k + 1)): r for k, r in enumerate(measured or [])}
     rows = []
     for i, rung in enumerate(RUNGS, start=1):
         r = by_rung.get(i)
@@ -107,11 +111,16 @@ def table_html(done: list[dict], norm: str = "layer", running: dict | None = Non
             note += f'<div class="mg-remark">{html.escape(remark)}</div>'
         lecture = f"{rung.lecture:.2f}" if rung.lecture is not None else "—"
         cls = ' class="mg-running"' if is_running else ""
+        m = shipped.get(i)
+        if measured is not None:
+            lecture = (f"{m['val_loss']:.3f}" if m and m.get("val_loss") is not None else "—") + \
+                f"</td><td class='n'>{lecture}"
         rows.append(f"<tr{cls}><td>{i}</td><td><b>{html.escape(name)}</b></td><td>{html.escape(rung.idea)}{note}</td>"
                     f"<td>{html.escape(rung.notebook)}</td><td class='n'>{params}</td><td class='n'>{val}</td>"
                     f"<td class='n'>{lecture}</td></tr>")
     return ('<table class="mg-ladder"><thead><tr><th>#</th><th>rung</th><th>the idea it adds</th>'
-            '<th>seed notebook</th><th>parameters</th><th>val loss</th><th>lecture</th></tr></thead><tbody>'
+            '<th>notebook</th><th>params</th><th>val loss</th>'
+            + ("<th>measured</th>" if measured is not None else "") + '<th>lecture</th></tr></thead><tbody>'
             + "".join(rows) + "</tbody></table>")
 
 

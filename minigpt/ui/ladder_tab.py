@@ -62,15 +62,16 @@ def _measured_view() -> tuple:
 
 def ladder_outputs(view: LadderView, curves: bool = True, bars: bool = True):
     """(status, curves, bars, table, samples) of a view; figures only when asked (gr.skip() otherwise)."""
+    measured, measured_norm = _measured_view()
     if view.state == "idle" and not view.done:
-        done, norm = _measured_view()
-        rungs = done
+        done, norm, rungs, beside = measured, measured_norm, measured, None
     else:
         done, norm, rungs = view.done, view.settings.get("norm", "layer"), view.rung_dicts()
+        beside = measured if measured else None
     return (ladder_html.status_html(view, MEASURED),
             ladder_curves_figure(rungs) if curves else gr.skip(),
             ladder_bars_figure(done) if bars else gr.skip(),
-            ladder_html.table_html(done, norm, view.live),
+            ladder_html.table_html(done, norm, view.live, beside),
             ladder_html.samples_html(done))
 
 
@@ -159,10 +160,10 @@ def build(page: Page, tab: gr.Tab) -> dict:
                         "384 wide) are the black diamonds.</span>")
         with gr.Column(scale=3, min_width=480):
             status = gr.HTML(status0, elem_id="ladder-status")
-            with gr.Row():
-                curves = gr.Plot(curves0, show_label=False, elem_id="ladder-curves")
-                bars = gr.Plot(bars0, show_label=False, elem_id="ladder-bars")
-    table = gr.HTML(table0, elem_id="ladder-table")
+            table = gr.HTML(table0, elem_id="ladder-table")
+    with gr.Row():
+        curves = gr.Plot(curves0, show_label=False, elem_id="ladder-curves")
+        bars = gr.Plot(bars0, show_label=False, elem_id="ladder-bars")
     with gr.Accordion("A sample from each rung (T = 0.8, the same seed)", open=True):
         samples = gr.HTML(samples0, elem_id="ladder-samples")
 
