@@ -185,7 +185,7 @@ def test_build_it_up_measured_then_a_short_live_run(page):
     assert "(b) " in page.locator("#averaging-note").inner_text()
     shoot(page, "14-ladder-measured")
     page.get_by_role("button", name="Width, context, seed").click()
-    set_number(page, "ladder-iters", 20)
+    set_number(page, "ladder-iters", 80)
     set_number(page, "ladder-width", 32)
     set_number(page, "ladder-context", 32)
     page.locator("#ladder-run").click()

@@ -36,7 +36,8 @@ except ValueError:        # no record shipped: the tab still runs the ladder liv
 
 INTRO = f"""The lecture climbs from a bigram table to a GPT **one idea at a time**. Each rung below is the
 model of the rung before plus one idea, trained with the same data, width, context, seed and budget,
-so the difference in validation loss is what that idea is worth. The numbers shown first were
+so the difference in validation loss is what that idea is worth (the seed notebook beside it shows the idea
+in code). The numbers shown first were
 **measured** with the command line; **Run the ladder** measures them again here, live (the whole ladder
 is one training job: at most {LIMITS.max_train_seconds:g} s on this server, and Stop ends it like the
 Train tab's). Where a rung does not help at this budget it says so beside it."""
@@ -50,8 +51,8 @@ softmax, with q·k/√d in place of the zeros: the uniform average becomes data-
 
 
 def evals_for(iters: int) -> int:
-    """Loss estimates per rung: about one every 25 steps, 2 to 15 (each costs ~20 forward passes)."""
-    return max(2, min(15, iters // 25))
+    """Loss estimates per rung: one every 20 steps, 2 to 15 (each costs about 7 training steps)."""
+    return max(2, min(15, iters // 20))
 
 
 def _measured_view() -> tuple:
