@@ -104,7 +104,7 @@ def table_html(done: list[dict], norm: str = "layer", running: dict | None = Non
             val = f"training… step {running.get('iter', 0):,}"
         else:
             val = "—"
-        params = f"{r['params']:,}" if r else "—"
+        params = f"{r['params']:,}" if r else f"{running['params']:,}" if is_running and running.get("params") else "—"
         note = f'<div class="mg-note">{html.escape(r["note"])}</div>' if r and r.get("note") else ""
         remark = r.get("remark") if r else ""
         if note and remark:

@@ -35,7 +35,7 @@ class LadderView:
     rung: int = 0              # the rung training now (1-based), 0 before the first
     started: dict = field(default_factory=dict)  # rung -> RungStarted as a dict (name, idea, params, ...)
     done: list = field(default_factory=list)     # RungDone.to_dict() of each finished rung
-    live: dict | None = None   # the rung training now: rung, name, iter, max_iters, loss, tokens_per_s, curve
+    live: dict | None = None   # the rung training now: rung, name, params, iter, max_iters, loss, tokens_per_s, curve
     message: str = ""
     elapsed: float = 0.0
     seconds: float = 0.0       # the whole ladder's wall time (when done)
@@ -87,7 +87,7 @@ class LiveLadder:
         if isinstance(ev, RungStarted):
             view.rung, view.rungs = ev.rung, ev.rungs
             view.started[ev.rung] = {k: v for k, v in asdict(ev).items() if k != "config"}
-            view.live = {"rung": ev.rung, "name": ev.name, "iter": 0, "max_iters": 0, "loss": None,
+            view.live = {"rung": ev.rung, "name": ev.name, "params": ev.params, "iter": 0, "max_iters": 0, "loss": None,
                          "tokens_per_s": 0.0, "curve": []}
         elif isinstance(ev, RungProgress) and view.live is not None:
             e = ev.event

@@ -190,8 +190,14 @@ def test_build_it_up_measured_then_a_short_live_run(page):
     set_number(page, "ladder-context", 32)
     page.locator("#ladder-run").click()
     page.wait_for_selector("#ladder-status >> text=Live run in this session")
+    page.wait_for_selector("#ladder-status >> text=of 8 (LayerNorm)", timeout=300_000)  # rung 7: six bars drawn
+    time.sleep(1.5)
+    page.locator("#ladder-curves").scroll_into_view_if_needed()
+    shoot(page, "15a-ladder-running")
     page.wait_for_selector("#ladder-status >> text=finished after 8 of 8 rungs", timeout=600_000)
     time.sleep(1.0)  # the last figures render
     assert page.locator("#ladder-samples .mg-card").count() == 8
     page.evaluate("window.scrollTo(0, 0)")
     shoot(page, "15-ladder-live", full=True)
+    page.locator("#averaging-attention").scroll_into_view_if_needed()
+    shoot(page, "16-averaging-attention")

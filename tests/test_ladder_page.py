@@ -115,7 +115,7 @@ def test_bad_ladder_settings_change_nothing():
 
 def test_the_ladder_is_the_sessions_one_training_job_and_keeps_its_model():
     from minigpt.ladder import LadderConfig
-    from minigpt.ladder_session import ladder, stop_soon
+    from minigpt.ladder_session import ladder
     from minigpt.playground import Playground
     from minigpt.train_spec import TrainSpec
     s = Playground().session("me")
@@ -124,7 +124,7 @@ def test_the_ladder_is_the_sessions_one_training_job_and_keeps_its_model():
     with pytest.raises(ValueError, match="already training"):
         next(s.train(TrainSpec(n_embd=16, n_head=2, n_layer=1, budget="iterations", amount=5)))
     assert wait_for(lambda: (s.ladder.live.snapshot().live or {}).get("iter", 0) > 0, timeout=120)
-    assert stop_soon(s, wait=5.0).state == "stopped"
+    s.stop_soon()  # the Train tab's Stop stops the ladder too: the session's one stop flag
     last = list(views)[-1]
     assert last.state == "done" and last.stopped and len(last.done) == 1 and last.done[0]["reason"] == "stopped"
     assert not s.training and s.current().shared  # the shipped model, as before
