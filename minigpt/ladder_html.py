@@ -87,7 +87,7 @@ def status_html(view, record: dict | None = None) -> str:
 
 
 def table_html(done: list[dict], norm: str = "layer", running: dict | None = None,
-               measured: list[dict] | None = None) -> str:
+               measured: list[dict] | None = None, measured_note: str = "") -> str:
     """All the rungs: name, idea, seed notebook, parameters, full-validation loss, the lecture's number,
     and beside a rung that does not help at this budget, the note saying so (and its remark). With
     `measured` (the shipped record's rungs), its losses as a column beside a live run's."""
@@ -120,7 +120,8 @@ def table_html(done: list[dict], norm: str = "layer", running: dict | None = Non
                     f"<td class='n'>{lecture}</td></tr>")
     return ('<table class="mg-ladder"><thead><tr><th>#</th><th>rung</th><th>the idea it adds</th>'
             '<th>notebook</th><th>params</th><th>val loss</th>'
-            + ("<th>measured</th>" if measured is not None else "") + '<th>lecture</th></tr></thead><tbody>'
+            + (f'<th>measured<div class="mg-remark">{html.escape(measured_note)}</div></th>'
+               if measured is not None else "") + '<th>lecture</th></tr></thead><tbody>'
             + "".join(rows) + "</tbody></table>")
 
 

@@ -33,6 +33,9 @@ try:
     MEASURED = load_measured()
 except ValueError:        # no record shipped: the tab still runs the ladder live
     MEASURED = None
+_settings = (MEASURED or {}).get("settings", {})
+MEASURED_NOTE = (f"CLI, {_settings.get('iters_per_rung') or '?'} steps, {_settings.get('n_embd', '?')} wide"
+                 if MEASURED else "")
 
 INTRO = f"""The lecture climbs from a bigram table to a GPT **one idea at a time**. Each rung below is the
 model of the rung before plus one idea, trained with the same data, width, context, seed and budget,
@@ -72,7 +75,7 @@ def ladder_outputs(view: LadderView, curves: bool = True, bars: bool = True):
     return (ladder_html.status_html(view, MEASURED),
             ladder_curves_figure(rungs) if curves else gr.skip(),
             ladder_bars_figure(done) if bars else gr.skip(),
-            ladder_html.table_html(done, norm, view.live, beside),
+            ladder_html.table_html(done, norm, view.live, beside, MEASURED_NOTE),
             ladder_html.samples_html(done))
 
 
