@@ -75,6 +75,7 @@ class Session:
         self.version = 0                      # bumped whenever the current model changes
         self._old_steps: list = []            # the batch-loss curve so far, for Continue
         self._live: LiveTraining | None = None  # the run going on now
+        self.ladder = None                    # the Build-it-up tab's ladder (minigpt/ladder_session.py)
 
     # -- the current model --
 

@@ -31,7 +31,9 @@ GENERATE = dict(prompt="ROMEO:", tokens=8, strategy="temperature", temperature=0
 BASE = {"/train": TRAIN, "/continue_training": TRAIN, "/estimate": TRAIN, "/compare_sampling": COMPARE,
         "/generate": GENERATE, "/attention": dict(text="ROMEO:", layer=0, head="all"), "/tokenize": dict(text="hi"),
         "/attention_scores": dict(text="ROMEO:"),
-        "/next_token_distribution": dict(column="greedy", step=1), "/load_checkpoint": dict(file=None)}
+        "/next_token_distribution": dict(column="greedy", step=1), "/load_checkpoint": dict(file=None),
+        "/ladder": dict(iters_per_rung=10, norm="layer", n_embd=16, block_size=16, seed=1),
+        "/averaging": dict(text="First", layer=0, head=0)}
 ORDER = {name: list(kw) for name, kw in BASE.items()}  # positional order, for raw HTTP calls
 
 # (endpoint, changed inputs, what the message must say). A value "FILE:name" is a file made by `files`.
@@ -126,6 +128,21 @@ API_CASES = [
     ("/attention_scores", dict(text="Zebra€"), "not in the model's vocabulary: .*'€'"),
     ("/attention_scores", dict(text="ab" * 60_000), "text is 120,000 characters long"),
     ("/attention_scores", dict(text="R"), "at least two tokens"),
+    # Build it up: the ladder's budget, norm and shape; averaging's text, layer and head
+    ("/ladder", dict(iters_per_rung=0), "iterations per rung must be between 10 and"),
+    ("/ladder", dict(iters_per_rung=10**9), "iterations per rung must be between 10 and"),
+    ("/ladder", dict(iters_per_rung="many"), "iterations per rung must be a number"),
+    ("/ladder", dict(norm="group"), "norm of rungs 7–8 must be one of"),
+    ("/ladder", dict(n_embd=18), "must be divisible by n_head"),
+    ("/ladder", dict(n_embd=10**6), "width \\(n_embd\\) must be between"),
+    ("/ladder", dict(block_size=0), "context must be between"),
+    ("/ladder", dict(seed=-1), "seed must be at least 0"),
+    ("/averaging", dict(text=""), "enter some text"),
+    ("/averaging", dict(text="€uro"), "not in the model's vocabulary: '€'"),
+    ("/averaging", dict(text="x" * 100_001), "text is 100,001 characters long"),
+    ("/averaging", dict(layer=5), "layer must be between 0 and 1, got 5"),
+    ("/averaging", dict(layer=99), "layer must be between 0 and"),
+    ("/averaging", dict(head=2), "head must be between 0 and 1, got 2"),
     # Hostile checkpoint files
     ("/load_checkpoint", dict(file=None), "choose a .safetensors file"),
     ("/load_checkpoint", dict(file="FILE:pickle.safetensors"), "not a safetensors file"),

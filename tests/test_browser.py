@@ -216,3 +216,30 @@ def test_bad_input_shows_a_message_and_keeps_the_model(page, tmp_path):
                            ".some(t => t.innerText.includes(\"not in the model's vocabulary: '€'\"))")
     time.sleep(0.5)
     shoot(page, "13-bad-prompt")
+
+
+def test_build_it_up_measured_then_a_short_live_run(page):
+    page.get_by_role("tab", name="Build it up").click()
+    page.wait_for_selector("#ladder-status >> text=Measured")  # the shipped record, before any run
+    page.wait_for_selector("#ladder-bars img")
+    page.wait_for_selector("#averaging-plot img")  # averaging → attention, drawn live when the tab opens
+    assert "max |difference from (a)|" not in page.locator("#averaging-note").inner_text()
+    assert "(b) " in page.locator("#averaging-note").inner_text()
+    shoot(page, "14-ladder-measured")
+    page.get_by_role("button", name="Width, context, seed").click()
+    set_number(page, "ladder-iters", 80)
+    set_number(page, "ladder-width", 32)
+    set_number(page, "ladder-context", 32)
+    page.locator("#ladder-run").click()
+    page.wait_for_selector("#ladder-status >> text=Live run in this session")
+    page.wait_for_selector("#ladder-status >> text=of 8 (LayerNorm)", timeout=300_000)  # rung 7: six bars drawn
+    time.sleep(1.5)
+    page.locator("#ladder-curves").scroll_into_view_if_needed()
+    shoot(page, "15a-ladder-running")
+    page.wait_for_selector("#ladder-status >> text=finished after 8 of 8 rungs", timeout=600_000)
+    time.sleep(1.0)  # the last figures render
+    assert page.locator("#ladder-samples .mg-card").count() == 8
+    page.evaluate("window.scrollTo(0, 0)")
+    shoot(page, "15-ladder-live", full=True)
+    page.locator("#averaging-attention").scroll_into_view_if_needed()
+    shoot(page, "16-averaging-attention")

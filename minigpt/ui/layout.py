@@ -15,7 +15,8 @@ import torch
 from minigpt import __version__, plots
 from minigpt.device import pick_precision
 
-from . import architecture, attention_tab, checkpoints_tab, concepts_tab, generate_tab, tokenizer_tab, train_tab
+from . import (architecture, attention_tab, checkpoints_tab, concepts_tab, generate_tab, ladder_tab, tokenizer_tab,
+               train_tab)
 from .common import LIMITS, PLAYGROUND, Page, save_dir, session_of
 from .theme import CSS, theme
 
@@ -26,6 +27,7 @@ TABS = [  # (label, id, module): each module's build(page, tab) lays out and wir
     ("Tokenizer", "tokenizer", tokenizer_tab),
     ("Checkpoints", "checkpoints", checkpoints_tab),
     ("Concepts", "concepts", concepts_tab),
+    ("Build it up", "ladder", ladder_tab),
 ]
 
 
