@@ -12,6 +12,7 @@ matplotlib).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import threading
 import time
@@ -33,6 +34,7 @@ from .model import GPT
 from .sampling import SamplingConfig
 from .train import Done, Run
 from .train_spec import SHAKESPEARE, TrainSpec
+from .training_queue import Cancelled, waiting_message
 from .training_view import LiveTraining, StopFlag, Thinned, TrainView
 from .views import attention_weights, next_token_at, one_thread, repeat_fraction
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from .playground import Playground
 
 TEMPERATURES = (0.5, 1.0, 2.0)  # the next-token chart shows the same logits at each
+LEFT_QUEUE = "Left the training queue before its turn: nothing was trained, the model is as it was."
 
 
 @dataclass
@@ -115,25 +118,47 @@ class Session:
     def train(self, spec: TrainSpec, resume: bool = False, interval: float = 0.5):
         """Train (a fresh run, or continue this session's run), yielding a TrainView every `interval` s.
 
+        The run first waits its turn in the playground's training queue (`limits.max_training_jobs`
+        at a time), yielding "waiting" views with its place and the estimated wait; leaving the queue
+        (the consumer closes the stream, as Gradio does when the tab closes or Stop cancels the
+        request; Stop; the session is dropped) means its run never starts. Setup errors raise
+        ValueError before it joins the queue, and nothing changes.
+
         The trainer runs in a thread of its own, exactly as the CLI runs it: the page only takes
         snapshots of what its events say, so a slow browser never slows training, and the loop
         stays on one thread for the whole run (torch's thread settings are per thread; a streamed
-        handler's chunks run on whichever worker thread is free). Setup errors raise ValueError
-        before anything changes. If the consumer stops early (the browser's Stop cancels the
-        request), the run is stopped and finishes cleanly all the same, in the background; the
-        session counts as training until it has.
+        handler's chunks run on whichever worker thread is free). If the consumer stops early (the
+        browser's Stop cancels the request), the run is stopped and finishes cleanly all the same,
+        in the background; the session counts as training (and keeps its queue slot) until it has.
         """
         limits = self.pg.limits
         if not self._train_lock.acquire(blocking=False):
             raise ValueError("this session is already training: stop it first")
+        ticket = None
         try:
+            # 1. Check everything before joining the queue (errors at once, nothing changed).
             tcfg = spec.train_config(limits)
-            run = self._resumed_run(spec) if resume else self._new_run(spec)
+            if resume:
+                run = self._resumed_run(spec)
+                cfg, make = run.model.config, None
+            else:
+                cfg, make = self._new_run(spec)
+            seconds = self._expected_seconds(spec, tcfg, cfg)
             self._idle.clear()
             self.stop_event.clear()
+            # 2. Wait for a training slot.
+            ticket = yield from self._wait_turn(seconds)
+            if ticket is not None and make is not None:
+                self._old_steps = []
+                run = make()
         except BaseException:
-            self._train_lock.release()
+            self._release(ticket)
             raise
+        if ticket is None:  # left the queue: nothing ran
+            self._release(None)
+            yield self.view
+            return
+        # 3. Start the run in its own thread.
         try:
             self.run = run
             self.owned = ModelRef(run.model, run.tokenizer, "trained in this session", run.run_card())
@@ -148,9 +173,9 @@ class Session:
                                              on_done=self._done, name=f"minigpt-train-{self.key[:8]}")
             self.view = live.start().snapshot()
         except BaseException:
-            self._idle.set()
-            self._train_lock.release()
+            self._release(ticket)
             raise
+        # 4. Stream its views; wrap up (and free the slot) when it has ended.
         closed_early = True
         try:
             yield from live.views(interval)
@@ -161,12 +186,53 @@ class Session:
                 # its event loop): stop the run and let it end whole (model, card, full validation) in the
                 # background, so the server is not held up meanwhile. The session stays busy until then.
                 live.stop.set()
-                threading.Thread(target=self._wrap_up, args=(live, steps), name=f"minigpt-wrap-{self.key[:8]}",
+                threading.Thread(target=self._wrap_up, args=(live, steps, ticket), name=f"minigpt-wrap-{self.key[:8]}",
                                  daemon=True).start()
             else:
-                self._wrap_up(live, steps)
+                self._wrap_up(live, steps, ticket)
 
-    def _wrap_up(self, live: LiveTraining, steps: Thinned):
+    def _expected_seconds(self, spec: TrainSpec, tcfg, cfg) -> float:
+        """How long the run should take, for the queue's estimated waits: its time budget, or its steps at
+        the predicted step time (capped by the time limit)."""
+        if spec.budget == "seconds":
+            return float(tcfg.max_seconds)
+        step = self.pg.speed.step_seconds(cfg, tcfg.batch_size)
+        return min(tcfg.max_iters * step, float(tcfg.max_seconds or self.pg.limits.max_train_seconds))
+
+    def _wait_turn(self, seconds: float, interval: float = 0.5):
+        """Generator: wait for a slot in the training queue, yielding "waiting" views (place, estimated wait)
+        about every `interval` s; returns the ticket, or None if this session left the queue (Stop, or
+        the session was dropped). Closing it while it waits leaves the queue too."""
+        before = self.view  # shown again (with a note) if this one leaves the queue
+        turn = self.pg.training_queue.turn(self.key, seconds, interval=interval)
+        try:
+            while True:
+                try:
+                    waiting = next(turn)
+                except StopIteration as granted:
+                    return granted.value
+                if self.stop_event.is_set():
+                    turn.close()  # leaves the queue
+                    self.view = dataclasses.replace(before, message=LEFT_QUEUE)
+                    return None
+                self.view = TrainView(state="waiting", message=waiting_message(waiting))
+                yield self.view
+        except Cancelled:
+            self.view = dataclasses.replace(before, message=LEFT_QUEUE)
+            return None
+        finally:
+            turn.close()
+
+    def _release(self, ticket):
+        """Free the session for the next training (and the queue slot or place, if it has one)."""
+        try:
+            if ticket is not None:
+                self.pg.training_queue.release(ticket)
+        finally:
+            self._idle.set()
+            self._train_lock.release()
+
+    def _wrap_up(self, live: LiveTraining, steps: Thinned, ticket=None):
         """After a run: keep its final view and curve, model in inference mode, the session free again."""
         try:
             live.finish()
@@ -176,8 +242,7 @@ class Session:
             self.version += 1
             self._live = None
         finally:
-            self._idle.set()
-            self._train_lock.release()
+            self._release(ticket)
 
     def _done(self, view: TrainView, ev: Done):
         """The run ended (trainer thread): keep its card with the model, calibrate the time estimate."""
@@ -188,14 +253,15 @@ class Session:
         if run.iters - view.start_iter >= 50 and ev.tokens_per_s > 0:
             self.pg.speed.calibrate(run.model.config, batch, batch * run.model.config.block_size / ev.tokens_per_s)
 
-    def _new_run(self, spec: TrainSpec) -> Run:
+    def _new_run(self, spec: TrainSpec):
+        """Check a fresh run's data and config now; returns (config, a function that builds the run): the
+        model is made only when the run's turn comes."""
         tok, ids, _ = self.pg.text_and_ids(spec.data, spec.text, spec.tokenizer)
         cfg = spec.model_config(tok.vocab_size, self.pg.limits)
         splits = split_ids(ids)
         self._check_length(splits, cfg.block_size)
-        self._old_steps = []
         name = SHAKESPEARE if spec.data == SHAKESPEARE else "pasted text"
-        return Run.create(cfg, tok, splits, device=self.pg.device, seed=int(spec.seed), data_name=name)
+        return cfg, lambda: Run.create(cfg, tok, splits, device=self.pg.device, seed=int(spec.seed), data_name=name)
 
     def _resumed_run(self, spec: TrainSpec) -> Run:
         """This session's run, or a new run that fine-tunes a copy of the current (shipped/uploaded) model."""
@@ -238,6 +304,8 @@ class Session:
         live = self._live
         if live is None:
             self.stop_event.set()
+            if self.view.state == "waiting":  # it leaves the queue at its next look (~0.5 s)
+                self._idle.wait(max(wait, 1.0))
             return self.view
         return live.stopping(wait)
 

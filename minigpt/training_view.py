@@ -39,7 +39,8 @@ class Thinned:
 @dataclass
 class TrainView:
     """A snapshot of a training run for the page (copied lists: safe to hand to another thread)."""
-    state: str = "idle"         # idle | training | stopping (asked) | stopped (left its loop; full val runs) | done
+    state: str = "idle"         # idle | waiting (in the queue) | training | stopping (asked) | stopped (left its
+                                # loop; full val runs) | done
     iter: int = 0
     start_iter: int = 0
     loss: float | None = None
