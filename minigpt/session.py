@@ -78,6 +78,7 @@ class Session:
         self.version = 0                      # bumped whenever the current model changes
         self._old_steps: list = []            # the batch-loss curve so far, for Continue
         self._live: LiveTraining | None = None  # the run going on now
+        self._before_wait = self.view         # the view before the current wait in the training queue
 
     # -- the current model --
 
@@ -203,7 +204,7 @@ class Session:
         """Generator: wait for a slot in the training queue, yielding "waiting" views (place, estimated wait)
         about every `interval` s; returns the ticket, or None if this session left the queue (Stop, or
         the session was dropped). Closing it while it waits leaves the queue too."""
-        before = self.view  # shown again (with a note) if this one leaves the queue
+        before = self._before_wait = self.view  # shown again (with a note) if this one leaves the queue
         turn = self.pg.training_queue.turn(self.key, seconds, interval=interval)
         try:
             while True:
@@ -304,14 +305,15 @@ class Session:
         live = self._live
         if live is None:
             self.stop_event.set()
-            if self.view.state == "waiting":  # it leaves the queue at its next look (~0.5 s)
-                self._idle.wait(max(wait, 1.0))
+            if self.view.state == "waiting" and self.pg.training_queue.cancel_key(self.key):
+                return dataclasses.replace(self._before_wait, message=LEFT_QUEUE)  # its run never starts
             return self.view
         return live.stopping(wait)
 
     def stop(self, wait: float = 15.0) -> TrainView:
         """Ask the training to stop (it checks every step) and wait for it to wrap up; the model stays."""
         self.stop_event.set()
+        self.pg.training_queue.cancel_key(self.key)  # waiting for its turn: leave the queue
         self._idle.wait(wait)
         return self.view
 
