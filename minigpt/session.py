@@ -200,7 +200,7 @@ class Session:
         step = self.pg.speed.step_seconds(cfg, tcfg.batch_size)
         return min(tcfg.max_iters * step, float(tcfg.max_seconds or self.pg.limits.max_train_seconds))
 
-    def _wait_turn(self, seconds: float, interval: float = 0.5):
+    def _wait_turn(self, seconds: float, interval: float = 1.0):
         """Generator: wait for a slot in the training queue, yielding "waiting" views (place, estimated wait)
         about every `interval` s; returns the ticket, or None if this session left the queue (Stop, or
         the session was dropped). Closing it while it waits leaves the queue too."""
