@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,24 +24,23 @@ import torch
 from . import __version__
 from .batch_generate import generate_batch
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DataError, split_ids
+from .data import split_ids
 from .device import pick_precision
+from .estimate import run_seconds
 from .experiments import model_scores
 from .generate import generate, perplexity, start_ids
 from .limits import check_int, check_text
 from .model import GPT
 from .sampling import SamplingConfig
 from .train import Done, Run
-from .train_spec import SHAKESPEARE, TrainSpec
-from .training_queue import Cancelled, waiting_message
-from .training_view import LiveTraining, StopFlag, Thinned, TrainView
-from .views import attention_weights, next_token_at, one_thread, repeat_fraction
+from .train_spec import SHAKESPEARE, TrainSpec, check_length
+from .training_view import LEFT_QUEUE, LiveTraining, StopFlag, Thinned, TrainView, waiting_views
+from .views import attention_weights, comparison_view, next_token_at, one_thread
 
 if TYPE_CHECKING:
     from .playground import Playground
 
 TEMPERATURES = (0.5, 1.0, 2.0)  # the next-token chart shows the same logits at each
-LEFT_QUEUE = "Left the training queue before its turn: nothing was trained, the model is as it was."
 
 
 @dataclass
@@ -119,11 +117,9 @@ class Session:
     def train(self, spec: TrainSpec, resume: bool = False, interval: float = 0.5):
         """Train (a fresh run, or continue this session's run), yielding a TrainView every `interval` s.
 
-        The run first waits its turn in the playground's training queue (`limits.max_training_jobs`
-        at a time), yielding "waiting" views with its place and the estimated wait; leaving the queue
-        (the consumer closes the stream, as Gradio does when the tab closes or Stop cancels the
-        request; Stop; the session is dropped) means its run never starts. Setup errors raise
-        ValueError before it joins the queue, and nothing changes.
+        It first waits its turn in the playground's training queue, yielding "waiting" views (place,
+        estimated wait); leaving the queue (the stream closed, as when the tab closes; Stop; the
+        session dropped) means it never starts. Setup errors raise ValueError before it joins.
 
         The trainer runs in a thread of its own, exactly as the CLI runs it: the page only takes
         snapshots of what its events say, so a slow browser never slows training, and the loop
@@ -144,11 +140,13 @@ class Session:
                 cfg, make = run.model.config, None
             else:
                 cfg, make = self._new_run(spec)
-            seconds = self._expected_seconds(spec, tcfg, cfg)
             self._idle.clear()
             self.stop_event.clear()
-            # 2. Wait for a training slot.
-            ticket = yield from self._wait_turn(seconds)
+            # 2. Wait for a training slot; the view before the wait comes back (with a note) if it leaves.
+            self._before_wait = self.view
+            seconds = run_seconds(spec.budget, tcfg, cfg, self.pg.speed)  # for the queue's estimated waits
+            ticket = yield from waiting_views(self.pg.training_queue, self.key, seconds, self.stop_event,
+                                              show=lambda v: setattr(self, "view", v))
             if ticket is not None and make is not None:
                 self._old_steps = []
                 run = make()
@@ -156,6 +154,7 @@ class Session:
             self._release(ticket)
             raise
         if ticket is None:  # left the queue: nothing ran
+            self.view = dataclasses.replace(self._before_wait, message=LEFT_QUEUE)
             self._release(None)
             yield self.view
             return
@@ -166,7 +165,7 @@ class Session:
             self.version += 1
             view = TrainView(state="training", iter=run.iters, start_iter=run.iters,
                              evals=[(e.iter, e.train_loss, e.val_loss) for e in run.history],
-                             sample=self.view.sample if resume else "", message=self._shape_note(spec))
+                             sample=self.view.sample if resume else "", message=spec.shape_note(run.model.config) if run.iters else "")
             steps = Thinned()
             for it, loss in (self._old_steps if resume else []):
                 steps.add((it, loss))
@@ -191,38 +190,6 @@ class Session:
                                  daemon=True).start()
             else:
                 self._wrap_up(live, steps, ticket)
-
-    def _expected_seconds(self, spec: TrainSpec, tcfg, cfg) -> float:
-        """How long the run should take, for the queue's estimated waits: its time budget, or its steps at
-        the predicted step time (capped by the time limit)."""
-        if spec.budget == "seconds":
-            return float(tcfg.max_seconds)
-        step = self.pg.speed.step_seconds(cfg, tcfg.batch_size)
-        return min(tcfg.max_iters * step, float(tcfg.max_seconds or self.pg.limits.max_train_seconds))
-
-    def _wait_turn(self, seconds: float, interval: float = 1.0):
-        """Generator: wait for a slot in the training queue, yielding "waiting" views (place, estimated wait)
-        about every `interval` s; returns the ticket, or None if this session left the queue (Stop, or
-        the session was dropped). Closing it while it waits leaves the queue too."""
-        before = self._before_wait = self.view  # shown again (with a note) if this one leaves the queue
-        turn = self.pg.training_queue.turn(self.key, seconds, interval=interval)
-        try:
-            while True:
-                try:
-                    waiting = next(turn)
-                except StopIteration as granted:
-                    return granted.value
-                if self.stop_event.is_set():
-                    turn.close()  # leaves the queue
-                    self.view = dataclasses.replace(before, message=LEFT_QUEUE)
-                    return None
-                self.view = TrainView(state="waiting", message=waiting_message(waiting))
-                yield self.view
-        except Cancelled:
-            self.view = dataclasses.replace(before, message=LEFT_QUEUE)
-            return None
-        finally:
-            turn.close()
 
     def _release(self, ticket):
         """Free the session for the next training (and the queue slot or place, if it has one)."""
@@ -260,7 +227,7 @@ class Session:
         tok, ids, _ = self.pg.text_and_ids(spec.data, spec.text, spec.tokenizer)
         cfg = spec.model_config(tok.vocab_size, self.pg.limits)
         splits = split_ids(ids)
-        self._check_length(splits, cfg.block_size)
+        check_length(splits, cfg.block_size)
         name = SHAKESPEARE if spec.data == SHAKESPEARE else "pasted text"
         return cfg, lambda: Run.create(cfg, tok, splits, device=self.pg.device, seed=int(spec.seed), data_name=name)
 
@@ -271,7 +238,7 @@ class Session:
         ref = self.current()
         tok, ids, _ = self.pg.text_and_ids(spec.data, spec.text, None, tokenizer=ref.tokenizer)
         splits = split_ids(ids)
-        self._check_length(splits, ref.model.config.block_size)
+        check_length(splits, ref.model.config.block_size)
         model = copy.deepcopy(ref.model).requires_grad_(True).to(self.pg.device)
         cfg = ref.model.config
         precision = pick_precision(self.pg.device, "auto", cfg.n_embd if cfg.model == "gpt" else None)
@@ -279,25 +246,6 @@ class Session:
         return Run(model=model, tokenizer=ref.tokenizer, splits=splits, precision=precision,
                    data_name=SHAKESPEARE if spec.data == SHAKESPEARE else "pasted text",
                    iters=int(ref.card.get("iters", 0) or 0), seconds=float(ref.card.get("seconds", 0) or 0))
-
-    def _shape_note(self, spec: TrainSpec) -> str:
-        """Continue keeps the model's shape: say so when the knobs now ask for another one."""
-        cfg = self.run.model.config if self.run is not None else None
-        if cfg is None or self.run.iters == 0:
-            return ""
-        knobs = (spec.model, spec.n_layer, spec.n_head, spec.n_embd, spec.block_size)
-        if cfg.model == "bigram":
-            same = spec.model == "bigram"
-        else:
-            same = knobs == (cfg.model, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size)
-        return "" if same else ("Continue keeps this model's shape and data; the shape knobs apply to the next "
-                                "Start.")
-
-    @staticmethod
-    def _check_length(splits, block: int):
-        if len(splits.train) <= block + 1:
-            raise DataError(f"the text gives {len(splits.train)} training tokens, too few for a context of "
-                            f"{block}: use more text or a shorter context")
 
     def stop_soon(self, wait: float = 0.5) -> TrainView:
         """Ask the training to stop and answer within about `wait` s: the view says it stopped at
@@ -450,26 +398,13 @@ class Session:
             now = time.perf_counter()
             if now - last >= interval:
                 last = now
-                yield self._columns(cols, prompt)
+                yield comparison_view(cols, prompt)
         for c in cols:
             c["done"] = True
-        self.last_columns = self._columns(cols, prompt)
+        self.last_columns = comparison_view(cols, prompt)
         self.comparison = {c["name"]: {"prompt_ids": prompt_ids, "ids": list(c["ids"]), "sampling": c["sampling"],
                                        "version": self.version} for c in cols}
         yield self.last_columns
-
-    @staticmethod
-    def _columns(cols, prompt):
-        out = []
-        for c in cols:
-            lps = [t[3] for t in c["tokens"]]
-            mean_ll = sum(lps) / len(lps) if lps else float("nan")
-            out.append({"name": c["name"], "sampling": c["sampling"], "prompt": prompt, "text": c["text"],
-                        "tokens": list(c["tokens"]), "n": len(lps), "mean_loglik": mean_ll,
-                        "perplexity": math.exp(-mean_ll) if lps else float("nan"),
-                        "repeats": repeat_fraction(c["ids"]),
-                        "tokens_per_s": len(lps) / max(c["seconds"], 1e-9), "done": c["done"]})
-        return out
 
     def next_token(self, name: str, step: int, top: int = 10) -> dict:
         """The distribution the model gave at `step` (1-based) of the last comparison's column `name`,
