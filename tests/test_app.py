@@ -270,3 +270,29 @@ def test_train_estimate_and_continue_need_no_arguments_and_stop_answers_within_a
         assert c.predict(api_name="/model_info")[0]["training"]["iters"] > stopped_at
     finally:
         c.close()
+
+
+def test_cheap_calls_have_a_pool_of_their_own_and_never_wait_behind_decoding(server):
+    app, url = server
+    pools = {f.api_name: (f.concurrency_id, f.concurrency_limit) for f in app.demo.fns.values()}
+    for name in ("model_info", "model_info_on_tab", "tokenize", "tokenize_on_load", "estimate", "on_load"):
+        assert pools[name] == ("cheap", None), name
+    assert pools["compare_sampling"] == pools["generate"] == ("decode", 2)
+    assert pools["attention"] == pools["attention_scores"] == pools["next_token_distribution"] == ("views", 2)
+    assert pools["train"] == pools["continue_training"] == ("train", None)  # the TrainingQueue gates training
+    assert app.launch_kwargs()["max_threads"] >= 80
+    busy = [Client(url, verbose=False) for _ in range(3)]
+    c = Client(url, verbose=False)
+    try:
+        long = {**COMPARE, "tokens": 2000, "strategies": ["greedy"]}
+        jobs = [x.submit(**long, api_name="/compare_sampling") for x in busy]
+        assert wait_for(lambda: sum(j.status().code.name == "IN_QUEUE" for j in jobs) == 1, timeout=60)
+        t0 = time.monotonic()
+        ids = c.predict(text="to be, or not to be", api_name="/tokenize")[1]
+        info = c.predict(api_name="/model_info")[0]
+        assert ids["char"]["count"] == 19 and info["params"] > 0
+        assert time.monotonic() - t0 < 10, "a cheap call waited behind the decoding pool"
+        assert any(not j.done() for j in jobs)  # the decode pool was still busy meanwhile
+    finally:
+        for x in (*busy, c):
+            x.close()
