@@ -3,11 +3,14 @@
     python app.py            # then open http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured)
 
 Hugging Face Spaces runs this file (`app_file: app.py`). Tests import `demo` and `launch_kwargs`.
+At start it removes the temporary files a killed server left behind (minigpt.recovery).
 """
 
-from minigpt.ui.common import LIMITS, PLAYGROUND  # noqa: F401  (the server's limits and sessions, for tests)
+from minigpt.recovery import clean_at_start
+from minigpt.ui.common import LIMITS, PLAYGROUND, SAVE_ROOT  # noqa: F401  (the server's limits and sessions, for tests)
 from minigpt.ui.layout import build_ui, launch_kwargs
 
+clean_at_start(SAVE_ROOT)  # temporary files left by a killed server (kill -9 mid-save) never pile up
 demo = build_ui()
 
 if __name__ == "__main__":

@@ -99,3 +99,11 @@ def estimate(spec: TrainSpec, vocab_size: int, limits: Limits, speed: SpeedModel
     return Estimate(ok=True, params=estimate_params(cfg), vocab_size=vocab_size,
                     memory_mb=train_memory_bytes(cfg, tcfg.batch_size) / 2**20, step_ms=step * 1000,
                     iters=iters, seconds=seconds, notes=notes)
+
+
+def run_seconds(budget: str, tcfg, cfg: GPTConfig, speed: SpeedModel) -> float:
+    """How long a run should take (the training queue's estimated waits): its time budget, or its steps at
+    the predicted step time, capped by its time limit."""
+    if budget == "seconds":
+        return float(tcfg.max_seconds)
+    return min(tcfg.max_iters * speed.step_seconds(cfg, tcfg.batch_size), float(tcfg.max_seconds))

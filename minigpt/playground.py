@@ -1,7 +1,8 @@
 """The playground's engine: the registry of sessions and what they share.
 
 `Playground` is made once by the app. It holds the shipped model (loaded lazily, shared
-read-only), the data cache, the speed model behind the Train tab's estimate, and a registry of
+read-only), the data cache, the speed model behind the Train tab's estimate, the training queue
+(`limits.max_training_jobs` runs at once; the others wait their turn), and a registry of
 `Session`s keyed by the browser's session hash (behind a lock, with an LRU cap and an idle
 sweep). Core module: imports minigpt's core only (never gradio or matplotlib).
 """
@@ -23,6 +24,7 @@ from .estimate import Estimate, SpeedModel, estimate
 from .limits import Limits
 from .session import ModelRef, Session
 from .tokenizers import GPT2_VOCAB, BPETokenizer, CharTokenizer, build_tokenizer
+from .training_queue import TrainingQueue
 from .train_spec import SHAKESPEARE, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +53,7 @@ class Playground:
         self._data: OrderedDict[tuple, tuple] = OrderedDict()  # (text hash, tokenizer) -> (tokenizer, ids)
         self._data_lock = threading.Lock()
         self._last_sweep = time.monotonic()
+        self.training_queue = TrainingQueue(self.limits.max_training_jobs)  # max_training_jobs runs at once
 
     # -- shared read-only things --
 
@@ -154,6 +157,7 @@ class Playground:
         """Forget a session (its tab closed): stop its training; the model goes with the last reference."""
         with self._lock:
             s = self._sessions.pop(key, None)
+        self.training_queue.cancel_key(key)  # a run still waiting for its turn never starts
         if s is not None:
             s.stop_event.set()
         return s is not None

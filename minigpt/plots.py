@@ -64,8 +64,13 @@ def loss_frame(steps, evals):
 def status_html(view) -> str:
     """Progress bar and numbers of a training run (a TrainView)."""
     if view.state == "idle":
+        words = html.escape(view.message) if view.message else \
+            "No training in this session yet: choose the knobs and press <b>Start</b>."
+        return f'<div class="mg-status"><div class="mg-bar"><div style="width:0%"></div></div><p>{words}</p></div>'
+    if view.state == "waiting":  # the message says the place in the queue and the estimated wait
         return ('<div class="mg-status"><div class="mg-bar"><div style="width:0%"></div></div>'
-                '<p>No training in this session yet: choose the knobs and press <b>Start</b>.</p></div>')
+                f'<p><b>{html.escape(view.message)}</b> Generation and the other tabs work meanwhile; '
+                f'<b>Stop</b> leaves the queue.</p></div>')
     pct = max(0.0, min(1.0, view.progress)) * 100
     val = f"{view.val_loss:.3f}" if view.val_loss is not None else "–"
     loss = f"{view.loss:.3f}" if view.loss is not None else "–"

@@ -12,7 +12,7 @@ matplotlib).
 from __future__ import annotations
 
 import copy
-import math
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,17 +24,18 @@ import torch
 from . import __version__
 from .batch_generate import generate_batch
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DataError, split_ids
+from .data import split_ids
 from .device import pick_precision
+from .estimate import run_seconds
 from .experiments import model_scores
 from .generate import generate, perplexity, start_ids
 from .limits import check_int, check_text
-from .model import GPT, SWITCHES, arch_summary
+from .model import GPT, arch_summary
 from .sampling import SamplingConfig
 from .train import Done, Run
-from .train_spec import SHAKESPEARE, TrainSpec
-from .training_view import LiveTraining, StopFlag, Thinned, TrainView, layer_records
-from .views import attention_weights, next_token_at, one_thread, repeat_fraction
+from .train_spec import SHAKESPEARE, TrainSpec, check_length
+from .training_view import LEFT_QUEUE, LiveTraining, StopFlag, Thinned, TrainView, layer_records, waiting_views
+from .views import attention_weights, comparison_view, next_token_at, one_thread
 
 if TYPE_CHECKING:
     from .playground import Playground
@@ -51,8 +52,6 @@ class ModelRef:
     card: dict = field(default_factory=dict)    # the run card (checkpoint metadata or run.run_card())
     shared: bool = False                        # the shipped model: read-only, never trained in place
 
-
-# ---- one user's session -------------------------------------------------------------------------
 
 class Session:
     """One browser tab (or one gradio_client Client): its model, run, stop flag and last results."""
@@ -76,6 +75,7 @@ class Session:
         self._old_steps: list = []            # the batch-loss curve so far, for Continue
         self._live: LiveTraining | None = None  # the run going on now
         self.ladder = None                    # the Build-it-up tab's ladder (minigpt/ladder_session.py)
+        self._before_wait = self.view         # the view before the current wait in the training queue
 
     # -- the current model --
 
@@ -107,35 +107,57 @@ class Session:
         training_dtype = self.run.precision.dtype if (self.run is not None and model is self.run.model) \
             else ref.card.get("dtype")
         return {"source": ref.source, "config": cfg.to_dict(), "architecture": arch_summary(cfg),
-                "params": model.num_params(),
-                "tokenizer": ref.tokenizer.kind, "vocab_size": ref.tokenizer.vocab_size, "device": device,
-                "dtype": "float32", "training_dtype": training_dtype, "training": dict(ref.card), "training_now": self.training,
-                "minigpt_version": __version__, "torch_version": torch.__version__}
+                "params": model.num_params(), "tokenizer": ref.tokenizer.kind, "vocab_size": ref.tokenizer.vocab_size,
+                "device": device, "dtype": "float32", "training_dtype": training_dtype, "training": dict(ref.card),
+                "training_now": self.training, "minigpt_version": __version__, "torch_version": torch.__version__}
 
     # -- training --
 
     def train(self, spec: TrainSpec, resume: bool = False, interval: float = 0.5):
         """Train (a fresh run, or continue this session's run), yielding a TrainView every `interval` s.
 
+        It first waits its turn in the playground's training queue, yielding "waiting" views (place,
+        estimated wait); leaving the queue (the stream closed, as when the tab closes; Stop; the
+        session dropped) means it never starts. Setup errors raise ValueError before it joins.
+
         The trainer runs in a thread of its own, exactly as the CLI runs it: the page only takes
         snapshots of what its events say, so a slow browser never slows training, and the loop
         stays on one thread for the whole run (torch's thread settings are per thread; a streamed
-        handler's chunks run on whichever worker thread is free). Setup errors raise ValueError
-        before anything changes. If the consumer stops early (the browser's Stop cancels the
-        request), the run is stopped and finishes cleanly all the same, in the background; the
-        session counts as training until it has.
+        handler's chunks run on whichever worker thread is free). If the consumer stops early (the
+        browser's Stop cancels the request), the run is stopped and finishes cleanly all the same,
+        in the background; the session counts as training (and keeps its queue slot) until it has.
         """
         limits = self.pg.limits
         if not self._train_lock.acquire(blocking=False):
             raise ValueError("this session is already training: stop it first")
+        ticket = None
         try:
+            # 1. Check everything before joining the queue (errors at once, nothing changed).
             tcfg = spec.train_config(limits)
-            run = self._resumed_run(spec) if resume else self._new_run(spec)
+            if resume:
+                run = self._resumed_run(spec)
+                cfg, make = run.model.config, None
+            else:
+                cfg, make = self._new_run(spec)
             self._idle.clear()
             self.stop_event.clear()
+            # 2. Wait for a training slot; the view before the wait comes back (with a note) if it leaves.
+            self._before_wait = self.view
+            seconds = run_seconds(spec.budget, tcfg, cfg, self.pg.speed)  # for the queue's estimated waits
+            ticket = yield from waiting_views(self.pg.training_queue, self.key, seconds, self.stop_event,
+                                              show=lambda v: setattr(self, "view", v))
+            if ticket is not None and make is not None:
+                self._old_steps = []
+                run = make()
         except BaseException:
-            self._train_lock.release()
+            self._release(ticket)
             raise
+        if ticket is None:  # left the queue: nothing ran
+            self.view = dataclasses.replace(self._before_wait, message=LEFT_QUEUE)
+            self._release(None)
+            yield self.view
+            return
+        # 3. Start the run in its own thread.
         try:
             self.run = run
             self.owned = ModelRef(run.model, run.tokenizer, "trained in this session", run.run_card())
@@ -143,7 +165,8 @@ class Session:
             view = TrainView(state="training", iter=run.iters, start_iter=run.iters,
                              evals=[(e.iter, e.train_loss, e.val_loss) for e in run.history],
                              layers=layer_records(run.history),
-                             sample=self.view.sample if resume else "", message=self._shape_note(spec))
+                             sample=self.view.sample if resume else "",
+                             message=spec.shape_note(run.model.config) if run.iters else "")
             steps = Thinned()
             for it, loss in (self._old_steps if resume else []):
                 steps.add((it, loss))
@@ -151,9 +174,9 @@ class Session:
                                              on_done=self._done, name=f"minigpt-train-{self.key[:8]}")
             self.view = live.start().snapshot()
         except BaseException:
-            self._idle.set()
-            self._train_lock.release()
+            self._release(ticket)
             raise
+        # 4. Stream its views; wrap up (and free the slot) when it has ended.
         closed_early = True
         try:
             yield from live.views(interval)
@@ -164,12 +187,21 @@ class Session:
                 # its event loop): stop the run and let it end whole (model, card, full validation) in the
                 # background, so the server is not held up meanwhile. The session stays busy until then.
                 live.stop.set()
-                threading.Thread(target=self._wrap_up, args=(live, steps), name=f"minigpt-wrap-{self.key[:8]}",
+                threading.Thread(target=self._wrap_up, args=(live, steps, ticket), name=f"minigpt-wrap-{self.key[:8]}",
                                  daemon=True).start()
             else:
-                self._wrap_up(live, steps)
+                self._wrap_up(live, steps, ticket)
 
-    def _wrap_up(self, live: LiveTraining, steps: Thinned):
+    def _release(self, ticket):
+        """Free the session for the next training (and the queue slot or place, if it has one)."""
+        try:
+            if ticket is not None:
+                self.pg.training_queue.release(ticket)
+        finally:
+            self._idle.set()
+            self._train_lock.release()
+
+    def _wrap_up(self, live: LiveTraining, steps: Thinned, ticket=None):
         """After a run: keep its final view and curve, model in inference mode, the session free again."""
         try:
             live.finish()
@@ -179,8 +211,7 @@ class Session:
             self.version += 1
             self._live = None
         finally:
-            self._idle.set()
-            self._train_lock.release()
+            self._release(ticket)
 
     def _done(self, view: TrainView, ev: Done):
         """The run ended (trainer thread): keep its card with the model, calibrate the time estimate."""
@@ -191,14 +222,15 @@ class Session:
         if run.iters - view.start_iter >= 50 and ev.tokens_per_s > 0:
             self.pg.speed.calibrate(run.model.config, batch, batch * run.model.config.block_size / ev.tokens_per_s)
 
-    def _new_run(self, spec: TrainSpec) -> Run:
+    def _new_run(self, spec: TrainSpec):
+        """Check a fresh run's data and config now; returns (config, a function that builds the run): the
+        model is made only when the run's turn comes."""
         tok, ids, _ = self.pg.text_and_ids(spec.data, spec.text, spec.tokenizer)
         cfg = spec.model_config(tok.vocab_size, self.pg.limits)
         splits = split_ids(ids)
-        self._check_length(splits, cfg.block_size)
-        self._old_steps = []
+        check_length(splits, cfg.block_size)
         name = SHAKESPEARE if spec.data == SHAKESPEARE else "pasted text"
-        return Run.create(cfg, tok, splits, device=self.pg.device, seed=int(spec.seed), data_name=name)
+        return cfg, lambda: Run.create(cfg, tok, splits, device=self.pg.device, seed=int(spec.seed), data_name=name)
 
     def _resumed_run(self, spec: TrainSpec) -> Run:
         """This session's run, or a new run that fine-tunes a copy of the current (shipped/uploaded) model."""
@@ -207,7 +239,7 @@ class Session:
         ref = self.current()
         tok, ids, _ = self.pg.text_and_ids(spec.data, spec.text, None, tokenizer=ref.tokenizer)
         splits = split_ids(ids)
-        self._check_length(splits, ref.model.config.block_size)
+        check_length(splits, ref.model.config.block_size)
         model = copy.deepcopy(ref.model).requires_grad_(True).to(self.pg.device)
         cfg = ref.model.config
         precision = pick_precision(self.pg.device, "auto", cfg.n_embd if cfg.model == "gpt" else None)
@@ -216,40 +248,21 @@ class Session:
                    data_name=SHAKESPEARE if spec.data == SHAKESPEARE else "pasted text",
                    iters=int(ref.card.get("iters", 0) or 0), seconds=float(ref.card.get("seconds", 0) or 0))
 
-    def _shape_note(self, spec: TrainSpec) -> str:
-        """Continue keeps the model's shape and switches: say so when the knobs now ask for another one."""
-        cfg = self.run.model.config if self.run is not None else None
-        if cfg is None or self.run.iters == 0:
-            return ""
-        knobs = (spec.model, spec.n_layer, spec.n_head, spec.n_embd, spec.block_size)
-        same = (spec.model == "bigram" if cfg.model == "bigram"
-                else knobs == (cfg.model, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size))
-        if not same:
-            return ("Continue keeps this model's shape, architecture and data; the shape knobs apply to the "
-                    "next Start.")
-        if cfg.model == "gpt" and any(getattr(spec, name) != getattr(cfg, name) for name in SWITCHES):
-            return (f"Continue keeps this model's architecture ({arch_summary(cfg)}); the Architecture "
-                    f"switches apply to the next Start.")
-        return ""
-
-    @staticmethod
-    def _check_length(splits, block: int):
-        if len(splits.train) <= block + 1:
-            raise DataError(f"the text gives {len(splits.train)} training tokens, too few for a context of "
-                            f"{block}: use more text or a shorter context")
-
     def stop_soon(self, wait: float = 0.5) -> TrainView:
         """Ask the training to stop and answer within about `wait` s: the view says it stopped at
         iteration N and the model is kept; `stop()` then waits for the full-validation loss."""
         live = self._live
         if live is None:
             self.stop_event.set()
+            if self.view.state == "waiting" and self.pg.training_queue.cancel_key(self.key):
+                return dataclasses.replace(self._before_wait, message=LEFT_QUEUE)  # its run never starts
             return self.view
         return live.stopping(wait)
 
     def stop(self, wait: float = 15.0) -> TrainView:
         """Ask the training to stop (it checks every step) and wait for it to wrap up; the model stays."""
         self.stop_event.set()
+        self.pg.training_queue.cancel_key(self.key)  # waiting for its turn: leave the queue
         self._idle.wait(wait)
         return self.view
 
@@ -386,26 +399,13 @@ class Session:
             now = time.perf_counter()
             if now - last >= interval:
                 last = now
-                yield self._columns(cols, prompt)
+                yield comparison_view(cols, prompt)
         for c in cols:
             c["done"] = True
-        self.last_columns = self._columns(cols, prompt)
+        self.last_columns = comparison_view(cols, prompt)
         self.comparison = {c["name"]: {"prompt_ids": prompt_ids, "ids": list(c["ids"]), "sampling": c["sampling"],
                                        "version": self.version} for c in cols}
         yield self.last_columns
-
-    @staticmethod
-    def _columns(cols, prompt):
-        out = []
-        for c in cols:
-            lps = [t[3] for t in c["tokens"]]
-            mean_ll = sum(lps) / len(lps) if lps else float("nan")
-            out.append({"name": c["name"], "sampling": c["sampling"], "prompt": prompt, "text": c["text"],
-                        "tokens": list(c["tokens"]), "n": len(lps), "mean_loglik": mean_ll,
-                        "perplexity": math.exp(-mean_ll) if lps else float("nan"),
-                        "repeats": repeat_fraction(c["ids"]),
-                        "tokens_per_s": len(lps) / max(c["seconds"], 1e-9), "done": c["done"]})
-        return out
 
     def next_token(self, name: str, step: int, top: int = 10) -> dict:
         """The distribution the model gave at `step` (1-based) of the last comparison's column `name`,

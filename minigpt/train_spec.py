@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .data import DataError, decode_text
 from .limits import Limits, check_float, check_int
-from .model import SWITCHES, GPTConfig
+from .model import SWITCHES, GPTConfig, arch_summary
 from .train import TrainConfig
 
 SHAKESPEARE = "shakespeare"
@@ -59,6 +59,20 @@ class TrainSpec:
                              f"or a head count that divides {cfg.n_embd})")
         return cfg.validate(limits)
 
+    def shape_note(self, cfg: GPTConfig) -> str:
+        """Continue keeps the model's shape and switches: say so when the knobs now ask for others."""
+        if cfg.model == "bigram":
+            same = self.model == "bigram"
+        else:
+            same = (self.model, self.n_layer, self.n_head, self.n_embd, self.block_size) == \
+                (cfg.model, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size)
+        if not same:
+            return "Continue keeps this model's shape, architecture and data; the shape knobs apply to the next Start."
+        if cfg.model == "gpt" and any(getattr(self, name) != getattr(cfg, name) for name in SWITCHES):
+            return (f"Continue keeps this model's architecture ({arch_summary(cfg)}); the Architecture "
+                    f"switches apply to the next Start.")
+        return ""
+
     def train_config(self, limits: Limits) -> TrainConfig:
         if self.budget not in ("seconds", "iterations"):
             raise ValueError(f"budget must be seconds or iterations, got {self.budget!r}")
@@ -77,6 +91,13 @@ class TrainSpec:
                           sample_tokens=check_int("sample tokens", self.sample_tokens, 1, limits.max_new_tokens))
         cfg.min_lr = min(cfg.min_lr, cfg.lr / 10)
         return cfg.validate(limits)
+
+
+def check_length(splits, block: int):
+    """A text must give more training tokens than one context window."""
+    if len(splits.train) <= block + 1:
+        raise DataError(f"the text gives {len(splits.train)} training tokens, too few for a context of "
+                        f"{block}: use more text or a shorter context")
 
 
 def read_text_file(path, limits: Limits) -> str:

@@ -4,7 +4,8 @@
 events into a `TrainView`; the page takes throttled, copied snapshots, so a slow browser never
 slows training. `StopFlag` is the run's stop request and also tells when the trainer has seen it,
 so Stop can answer at once ("stopped at iteration N") while the end-of-run full validation goes
-on. Core module: imports the train and training_queue modules and torch only (never gradio or matplotlib).
+on. `waiting_views` streams a run's place in the training queue until its turn. Core module: imports
+the train and training_queue modules and torch only (never gradio or matplotlib).
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import torch
 
 from .limits import Limits
 from .train import Done, Eval, Run, Sample, Start, Step, TrainConfig, train
-from .training_queue import lower_thread_priority
+from .training_queue import Cancelled, TrainingQueue, lower_thread_priority, waiting_message
+
+LEFT_QUEUE = "Left the training queue before its turn: nothing was trained, the model is as it was."
+
+# The trainer thread's niceness, so the tabs' interactive calls come first. At 10 a burst of 30 sessions
+# starved the one running trainer (4-13 steps in 20 s instead of 400-650); at 5 its CPU weight is a
+# third of a normal thread's (335 vs 1024): it keeps moving, and the interactive calls still come first.
+TRAIN_NICE = 5
 
 
 LAYER_HISTORY = 7  # evaluations of per-block diagnostics a view keeps (the latest and the ones drawn behind it)
@@ -53,7 +61,8 @@ class Thinned:
 @dataclass
 class TrainView:
     """A snapshot of a training run for the page (copied lists: safe to hand to another thread)."""
-    state: str = "idle"         # idle | training | stopping (asked) | stopped (left its loop; full val runs) | done
+    state: str = "idle"         # idle | waiting (in the queue) | training | stopping (asked) | stopped (left its
+                                # loop; full val runs) | done
     iter: int = 0
     start_iter: int = 0
     loss: float | None = None
@@ -121,7 +130,7 @@ class LiveTraining:
 
     def _work(self):
         torch.set_num_threads(self.threads)  # this thread's own setting, as in the CLI's main thread
-        lower_thread_priority()  # the interactive calls of every tab come first; training takes what is left
+        lower_thread_priority(TRAIN_NICE)  # the interactive calls of every tab come first
         try:
             for ev in train(self.run, self.cfg, self.stop, self.limits):
                 with self.lock:
@@ -200,3 +209,26 @@ class LiveTraining:
         if self.thread.is_alive():
             self.stop.set()
             self.thread.join()
+
+
+def waiting_views(queue: TrainingQueue, key: str, seconds: float, stop: threading.Event,
+                  show: Callable[[TrainView], None], interval: float = 1.0):
+    """Generator: wait for a slot in `queue`, yielding (and `show`ing) "waiting" views with the place and
+    the estimated wait about every `interval` s; returns the ticket, or None if the run left the queue
+    first (`stop` set, or `queue.cancel_key(key)`). Closing it while it waits leaves the queue too."""
+    turn = queue.turn(key, seconds, interval=interval)
+    try:
+        while True:
+            try:
+                waiting = next(turn)
+            except StopIteration as granted:
+                return granted.value
+            if stop.is_set():
+                return None  # turn.close() below leaves the queue
+            view = TrainView(state="waiting", message=waiting_message(waiting))
+            show(view)
+            yield view
+    except Cancelled:
+        return None
+    finally:
+        turn.close()

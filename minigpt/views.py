@@ -10,6 +10,7 @@ or matplotlib).
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -115,3 +116,17 @@ def sampling_columns(greedy: bool = True, multinomial: bool = True, low_t: float
         p = check_float("top-p", top_p, 0.0, 1.0, lo_open=True)
         cols.append((f"top-p (p = {p:g})", SamplingConfig("multinomial", top_p=p)))
     return cols
+
+
+def comparison_view(cols, prompt: str) -> list[dict]:
+    """A comparison's columns as drawn (copies): text, tokens, perplexity, repeats, tokens/s, done."""
+    out = []
+    for c in cols:
+        lps = [t[3] for t in c["tokens"]]
+        mean_ll = sum(lps) / len(lps) if lps else float("nan")
+        out.append({"name": c["name"], "sampling": c["sampling"], "prompt": prompt, "text": c["text"],
+                    "tokens": list(c["tokens"]), "n": len(lps), "mean_loglik": mean_ll,
+                    "perplexity": math.exp(-mean_ll) if lps else float("nan"),
+                    "repeats": repeat_fraction(c["ids"]),
+                    "tokens_per_s": len(lps) / max(c["seconds"], 1e-9), "done": c["done"]})
+    return out

@@ -1,6 +1,7 @@
 """The page's API, end to end: the app launched in-process on 127.0.0.1 and driven with gradio_client."""
 
 import re
+import threading
 import time
 from html import unescape
 from pathlib import Path
@@ -162,29 +163,68 @@ def test_bad_training_input_is_a_message_not_a_crash(client):
     assert client.predict(api_name="/model_info")[0]["params"] > 0
 
 
+def waiting_place(job) -> str:
+    """The place a queued /train job's latest status shows ("" while it shows none)."""
+    outs = job.outputs()
+    m = re.search(r"place \d+ of \d+", outs[-1][1]) if outs else None
+    return m.group(0) if m else ""
+
+
 def test_training_is_queued_one_at_a_time_while_generation_stays_responsive(server):
+    """One training job at a time: B waits, seeing its place and the estimated wait; Compare answers
+    meanwhile; B's Stop leaves the queue (its run never starts) and A keeps training."""
     app, url = server
     assert app.LIMITS.max_training_jobs == 1
+    queue = app.PLAYGROUND.training_queue
     a, b, c = (Client(url, verbose=False) for _ in range(3))
     try:
         job_a = a.submit(**TINY, api_name="/train")
         assert wait_for(lambda: len(job_a.outputs()) >= 1, timeout=60)
-        job_b = b.submit(**TINY, api_name="/train")
-        time.sleep(1.0)
-        assert job_b.status().code.name == "IN_QUEUE" and not job_b.outputs()
+        job_b = b.submit(**{**TINY, "seed": 2}, api_name="/train")
+        assert wait_for(lambda: waiting_place(job_b) == "place 1 of 1", timeout=60), job_b.outputs()
+        assert "Waiting to train" in job_b.outputs()[-1][1] and "it should start in about" in job_b.outputs()[-1][1]
+        assert queue.snapshot() == {"slots": 1, "running": [a.session_hash], "waiting": [b.session_hash]}
         t0 = time.monotonic()
         summary = c.predict(**{**COMPARE, "tokens": 20}, api_name="/compare_sampling")[1]
         assert len(summary) == 6 and time.monotonic() - t0 < 30
-        b.predict(api_name="/stop")  # b is only queued: nothing to stop yet, and a keeps training
-        assert not job_a.done()
+        status = b.predict(api_name="/stop")[1]  # b only waits: Stop leaves the queue, and a keeps training
+        assert "Left the training queue" in status
+        assert wait_for(job_b.done, timeout=30) and not job_a.done()
+        assert queue.snapshot()["waiting"] == []
+        assert b.predict(api_name="/model_info")[0]["source"].startswith("shipped")
         a.predict(api_name="/stop")
         assert wait_for(lambda: job_a.done(), timeout=30)
-        assert wait_for(lambda: job_b.done() or len(job_b.outputs()) >= 1, timeout=60)
-        b.predict(api_name="/stop")
-        assert wait_for(lambda: job_b.done(), timeout=30)
+        assert wait_for(lambda: queue.snapshot()["running"] == [], timeout=30)
     finally:
         for x in (a, b, c):
             x.close()
+
+
+def test_a_closed_tab_waiting_to_train_leaves_the_queue_and_its_run_never_starts(server):
+    app, url = server
+    queue = app.PLAYGROUND.training_queue
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    try:
+        job_a = a.submit(**TINY, api_name="/train")
+        assert wait_for(lambda: len(job_a.outputs()) >= 1, timeout=60)
+        job_b = b.submit(**{**TINY, "seed": 2}, api_name="/train")
+        assert wait_for(lambda: waiting_place(job_b) == "place 1 of 1", timeout=60), job_b.outputs()
+        key_b = b.session_hash
+        b.close()  # the tab closes while its run waits
+        assert wait_for(lambda: queue.snapshot()["waiting"] == [] and key_b not in app.PLAYGROUND, timeout=30)
+        n = len(job_a.outputs())
+        assert wait_for(lambda: len(job_a.outputs()) > n, timeout=30) and not job_a.done()  # A trains on
+        card = a.predict(api_name="/stop")[3]
+        assert card["seed"] == 1 and card["iters"] > 0
+        assert wait_for(job_a.done, timeout=30)
+        # B's run never starts: the slot stays free and no trainer thread of B's appears.
+        assert wait_for(lambda: queue.snapshot()["running"] == [], timeout=30)
+        time.sleep(2.0)
+        assert queue.snapshot() == {"slots": 1, "running": [], "waiting": []}
+        assert not any(t.name == f"minigpt-train-{key_b[:8]}" for t in threading.enumerate())
+        assert key_b not in app.PLAYGROUND
+    finally:
+        a.close()
 
 
 def test_a_closed_client_frees_its_session(server):
@@ -288,3 +328,27 @@ def test_training_with_switches_names_them_and_plots_each_block(server, client):
     badge = client.predict(**{**TINY, "budget": "iterations", "amount": 10}, api_name="/train")[4]
     assert "trained in this session" in badge and "residual" not in badge and "Norm" not in badge
     client.predict(api_name="/reset")
+def test_cheap_calls_have_a_pool_of_their_own_and_never_wait_behind_decoding(server):
+    app, url = server
+    pools = {f.api_name: (f.concurrency_id, f.concurrency_limit) for f in app.demo.fns.values()}
+    for name in ("model_info", "model_info_on_tab", "tokenize", "tokenize_on_load", "estimate", "on_load"):
+        assert pools[name] == ("cheap", None), name
+    assert pools["compare_sampling"] == pools["generate"] == ("decode", 2)
+    assert pools["attention"] == pools["attention_scores"] == pools["next_token_distribution"] == ("views", 2)
+    assert pools["train"] == pools["continue_training"] == ("train", None)  # the TrainingQueue gates training
+    assert app.launch_kwargs()["max_threads"] >= 80
+    busy = [Client(url, verbose=False) for _ in range(3)]
+    c = Client(url, verbose=False)
+    try:
+        long = {**COMPARE, "tokens": 2000, "strategies": ["greedy"]}
+        jobs = [x.submit(**long, api_name="/compare_sampling") for x in busy]
+        assert wait_for(lambda: sum(j.status().code.name == "IN_QUEUE" for j in jobs) == 1, timeout=60)
+        t0 = time.monotonic()
+        ids = c.predict(text="to be, or not to be", api_name="/tokenize")[1]
+        info = c.predict(api_name="/model_info")[0]
+        assert ids["char"]["count"] == 19 and info["params"] > 0
+        assert time.monotonic() - t0 < 10, "a cheap call waited behind the decoding pool"
+        assert any(not j.done() for j in jobs)  # the decode pool was still busy meanwhile
+    finally:
+        for x in (*busy, c):
+            x.close()

@@ -5,7 +5,8 @@ its own seed) against MINIGPT_MAX_TRAINING_JOBS=1, so nine wait in the training 
 every session runs the interactive script ROUNDS times: model info, estimate, tokenizer, a 4-way
 Compare of 100 tokens, the next-token view and attention. At the end each session asks for its
 model: every trainer must have its own (its seed, its iterations), every other session the shipped
-one. Reported: p50 / p95 per endpoint, errors, peak server RSS, the training queue's waits;
+one. Reported: p50 / p95 per endpoint, errors, peak server RSS, the training queue's waits
+(each trainer's first "place N of M");
 written to test-output/classroom-report.json. Run it alone with `python tests/test_classroom_load.py`.
 
 The latency goals (cheap calls p95 <= 1 s, Compare <= 10 s, attention <= 5 s) depend on the
@@ -15,6 +16,7 @@ errors == 0, isolation and peak RSS <= 2 GB are always asserted.
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -35,6 +37,7 @@ ROUNDS = 2
 TRAIN_SECONDS = 20
 PEAK_RSS_LIMIT_MB = 2048
 REPORT = ROOT / "test-output" / "classroom-report.json"
+PLACE = re.compile(r"place \d+ of \d+")  # in the status of a run waiting for its turn
 GOALS_P95_S = {"model_info": 1.0, "estimate": 1.0, "tokenize": 1.0, "compare": 10.0, "attention": 5.0}
 
 TRAIN = dict(data="shakespeare", text="", upload=None, tokenizer="char", model="gpt", n_embd=64, n_head=4, n_layer=2,
@@ -75,7 +78,7 @@ def percentile(values, q: float) -> float:
 def classroom(url: str) -> dict:
     from gradio_client import Client
 
-    results, trains, finals = [], {}, {}
+    results, trains, finals, queue_seen = [], {}, {}, {}
     lock = threading.Lock()
     start = threading.Barrier(SESSIONS)
 
@@ -119,6 +122,9 @@ def classroom(url: str) -> dict:
                 try:
                     out = job.result(timeout=900)
                     card = out[3]
+                    places = [m.group(0) for o in job.outputs() for m in [PLACE.search(str(o[1]))] if m]
+                    with lock:
+                        queue_seen[i] = {"updates_waiting": len(places), "first": places[0] if places else None}
                     ok = card.get("seed") == 100 + i and card.get("iters", 0) > 0
                     record("train", time.monotonic() - t_train, None if ok else f"unexpected card {card}")
                     trains[i] = card
@@ -152,7 +158,8 @@ def classroom(url: str) -> dict:
         elif not info["source"].startswith("shipped"):
             isolation.append(f"session {i} (no training) sees {info['source']}")
     return {"results": results, "isolation_problems": isolation,
-            "train_iters": {i: trains[i].get("iters") for i in sorted(trains)}}
+            "train_iters": {i: trains[i].get("iters") for i in sorted(trains)},
+            "queue_seen": {i: queue_seen[i] for i in sorted(queue_seen)}}
 
 
 def load_test() -> dict:
@@ -190,6 +197,8 @@ def load_test() -> dict:
             "requests": len(results), "errors": len(errors), "error_messages": errors[:20],
             "errors_by_endpoint": {k: sum(1 for n, _, e in results if n == k and e) for k in by_name},
             "isolation_problems": room["isolation_problems"], "train_iters": room["train_iters"],
+            "queue_seen": room["queue_seen"],
+            "trainers_shown_their_place": sum(1 for q in room["queue_seen"].values() if q["first"]),
             "seconds": round(seconds, 1), "server_alive": alive, "cpus": os.cpu_count(),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "rss_idle_mb": round(idle), "rss_peak_mb": round(peak),
@@ -208,6 +217,8 @@ def test_a_classroom_of_thirty():
     assert report["errors"] == 0, report["error_messages"]
     assert not report["isolation_problems"], report["isolation_problems"]
     assert len(report["train_iters"]) == TRAINERS
+    # One runs at a time and all ten start together: at least the last eight wait and see their place.
+    assert report["trainers_shown_their_place"] >= TRAINERS - 2, report["queue_seen"]
     assert report["rss_peak_mb"] <= PEAK_RSS_LIMIT_MB, report
     if os.environ.get("CLASSROOM_STRICT") == "1":
         slow = {k: v for k, v in GOALS_P95_S.items() if report["p95_s"].get(k, 0) > v}

@@ -195,6 +195,33 @@ def test_one_training_per_session(pg, small_text):
     stream.close()
 
 
+def test_a_second_run_waits_its_turn_sees_its_place_and_can_leave(pg, small_text):
+    """Limits() allow one training job: B waits (its views say its place and wait), Stop leaves the
+    queue, a dropped session's waiting run never starts, and a waiter starts when the slot frees."""
+    a, b, c = pg.session("a"), pg.session("b"), pg.session("c")
+    run_a = a.train(tiny_spec(small_text, budget="seconds", amount=60), interval=0.05)
+    assert next(run_a).state == "training"
+    model_b = b.current().model
+    run_b = b.train(tiny_spec(small_text, seed=2))
+    waiting = next(run_b)
+    assert waiting.state == "waiting" and "place 1 of 1" in waiting.message and "about" in waiting.message
+    assert b.training and pg.training_queue.snapshot()["waiting"] == ["b"]
+    assert b.stop_soon().message.startswith("Left the training queue")  # Stop while waiting: leaves the queue
+    left = list(run_b)[-1]
+    assert left.state == "idle" and "nothing was trained" in left.message
+    assert not b.training and b.current().model is model_b and b.run is None
+    run_c = c.train(tiny_spec(small_text, seed=3))
+    assert "place 1 of 1" in next(run_c).message
+    assert pg.drop("c")  # the tab closed while waiting: its run never starts
+    assert list(run_c)[-1].state == "idle" and c.run is None and pg.training_queue.snapshot()["waiting"] == []
+    run_b = b.train(tiny_spec(small_text, seed=2, amount=5), interval=0.0)
+    assert next(run_b).state == "waiting"
+    a.stop_event.set()
+    assert list(run_a)[-1].card["seed"] == 1  # A's run ends whole: its slot frees and B starts
+    assert list(run_b)[-1].state == "done" and b.run.iters == 5 and b.current().card["seed"] == 2
+    assert a.current().card["seed"] == 1 and pg.training_queue.snapshot()["running"] == []
+
+
 def test_bad_training_input_leaves_the_model_alone(pg, small_text):
     s = pg.session("bad")
     list(s.train(tiny_spec(small_text, amount=5), interval=0.0))

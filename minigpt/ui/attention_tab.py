@@ -12,7 +12,7 @@ import gradio as gr
 from minigpt import experiment_plots, experiments, plots
 from minigpt.limits import check_int
 
-from .common import INFER, Page, session_of, user_errors
+from .common import VIEWS, Page, session_of, user_errors
 from .inputs import Dropdown
 
 
@@ -75,7 +75,7 @@ def build(page: Page, tab: gr.Tab) -> dict:
         scores_plot = gr.Plot(label="scores", show_label=False, elem_id="scores-plot")
         scores_numbers = gr.Markdown(elem_id="scores-numbers")
 
-    btn.click(attention, [text, layer, head], [plot, note], api_name="attention", **INFER)
-    scores_btn.click(attention_scores, text, [scores_plot, scores_numbers], api_name="attention_scores", **INFER)
+    btn.click(attention, [text, layer, head], [plot, note], api_name="attention", **VIEWS)
+    scores_btn.click(attention_scores, text, [scores_plot, scores_numbers], api_name="attention_scores", **VIEWS)
     tab.select(attention_choices, None, [layer, head], api_visibility="private", queue=False)
     return dict(text=text, plot=plot)

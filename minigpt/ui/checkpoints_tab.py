@@ -11,7 +11,7 @@ import gradio as gr
 
 from minigpt import plots
 
-from .common import INFER, LIMITS, Page, save_dir, session_of, user_errors
+from .common import CHEAP, INFER, LIMITS, Page, save_dir, session_of, user_errors
 
 
 @user_errors
@@ -70,8 +70,8 @@ def build(page: Page, tab: gr.Tab) -> dict:
     # A refused file leaves the model panels as they were: the toast says why (no "Error" over them).
     upload.upload(load_checkpoint, upload, outputs, api_name="load_checkpoint", show_progress="hidden", **INFER)
     shipped_btn.click(load_shipped, None, outputs, api_name="load_shipped", show_progress="hidden", **INFER)
-    info_btn.click(model_info, None, outputs, api_name="model_info", show_progress="hidden", **INFER)
-    tab.select(model_info, None, outputs, api_name="model_info_on_tab", api_visibility="private", **INFER)
+    info_btn.click(model_info, None, outputs, api_name="model_info", show_progress="hidden", **CHEAP)
+    tab.select(model_info, None, outputs, api_name="model_info_on_tab", api_visibility="private", **CHEAP)
     save_btn.click(save, None, saved, api_name="save_from_checkpoints", api_visibility="private",
                    **INFER).success(show_file, None, saved, api_visibility="private", queue=False)
     return dict(info=info, summary=summary)

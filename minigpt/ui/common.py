@@ -21,6 +21,7 @@ import gradio as gr  # noqa: E402
 
 from minigpt.limits import Limits  # noqa: E402
 from minigpt.playground import Playground  # noqa: E402
+from minigpt.saving import session_save_dir  # noqa: E402
 from minigpt.session import Session  # noqa: E402
 
 
@@ -38,8 +39,16 @@ def limit_malloc_arenas(n: int = 2) -> bool:
 limit_malloc_arenas()  # before the worker threads exist
 LIMITS = Limits.from_env()
 PLAYGROUND = Playground(LIMITS)  # the one registry of sessions (keyed by session hash) and the shared model
-SAVE_ROOT = Path(tempfile.gettempdir()) / "minigpt-app"
-INFER = dict(concurrency_limit=4, concurrency_id="infer")  # generation and the views share a small pool
+SAVE_ROOT = Path(tempfile.gettempdir()) / "minigpt-app"  # the page's saves (app.py cleans leftovers at start)
+# The page's worker pools (Gradio's queue: events with the same concurrency_id share one limit). Cheap
+# calls (milliseconds) get a pool of their own without a limit, so they never wait behind decoding,
+# the views or training; decoding and the views get two workers each (decoding is Python overhead
+# per token: more threads on 2 cores only wait for each other); training is gated by the
+# Playground's TrainingQueue, not here (a waiting run streams its place). Save and load share INFER.
+CHEAP = dict(concurrency_limit=None, concurrency_id="cheap")    # model info, tokenizer, estimate
+DECODE = dict(concurrency_limit=2, concurrency_id="decode")     # Compare, Generate
+VIEWS = dict(concurrency_limit=2, concurrency_id="views")       # next-token view, attention
+INFER = dict(concurrency_limit=4, concurrency_id="infer")       # save, load
 
 
 @dataclass
@@ -81,9 +90,12 @@ def session_of(request: gr.Request | None) -> Session:
     return PLAYGROUND.session(key)
 
 
-def save_dir(key: str, create: bool = True) -> Path:
-    """A folder of this session's own for saved checkpoints (removed when its tab closes)."""
-    folder = SAVE_ROOT / hashlib.sha1(key.encode()).hexdigest()[:16]
-    if create:
-        folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def save_dir(key: str) -> Path:
+    """This session's save folder: checked (written to) first, a fresh temp folder if it cannot be
+    written; OutputError (a ValueError: a toast) if nothing can be."""
+    return session_save_dir(SAVE_ROOT, key)
+
+
+def saved_folder(key: str) -> Path:
+    """Where `save_dir` puts this session's checkpoints (removed when its tab closes)."""
+    return SAVE_ROOT / hashlib.sha1(key.encode()).hexdigest()[:16]

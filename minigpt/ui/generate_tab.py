@@ -13,7 +13,7 @@ from minigpt import plots
 from minigpt.sampling import STRATEGIES, SamplingConfig
 from minigpt.views import sampling_columns
 
-from .common import INFER, LIMITS, Page, session_of, user_errors
+from .common import DECODE, LIMITS, VIEWS, Page, session_of, user_errors
 from .inputs import CheckboxGroup, Dropdown, Number, Slider
 
 STRATEGY_CHOICES = ("greedy", "multinomial", "low temperature", "high temperature", "top-k", "top-p")
@@ -46,7 +46,8 @@ def compare_sampling(prompt, tokens, seed, strategies, low_t, high_t, top_k, top
                             top_k if "top-k" in chosen else None, top_p if "top-p" in chosen else None)
     warn_long(s, prompt)
     columns = []
-    for columns in s.compare(prompt, tokens, seed, cols, use_cache=bool(use_cache)):
+    # Every update rebuilds the whole coloured HTML: twice a second is live enough.
+    for columns in s.compare(prompt, tokens, seed, cols, use_cache=bool(use_cache), interval=0.5):
         if not all(c["done"] for c in columns):
             yield plots.compare_html(columns, colour), gr.skip(), gr.skip(), gr.skip()
     names = [c["name"] for c in columns]
@@ -130,12 +131,12 @@ def build(page: Page, tab: gr.Tab) -> dict:
 
     switches = [strategies, low_t, high_t, top_k, top_p, colour, use_cache]
     cmp_ev = compare_btn.click(compare_sampling, [prompt, tokens, seed, *switches], [out, summary, column, step],
-                               api_name="compare_sampling", show_progress="hidden", **INFER)
+                               api_name="compare_sampling", show_progress="hidden", **DECODE)
     cmp_ev.success(next_token_distribution, [column, step], [nt_plot, nt_note],
-                   api_name="next_token_after_compare", api_visibility="private", **INFER)
+                   api_name="next_token_after_compare", api_visibility="private", **VIEWS)
     gr.on([column.input, step.release], next_token_distribution, [column, step], [nt_plot, nt_note],
-          api_name="next_token_distribution", **INFER)
+          api_name="next_token_distribution", **VIEWS)
     colour.input(recolour, colour, out, api_visibility="private", queue=False)
     gen_btn.click(generate, [prompt, tokens, strategy, temperature, one_k, one_p, seed, use_cache],
-                  [gen_out, gen_stats, cache_plot], api_name="generate", show_progress="hidden", **INFER)
+                  [gen_out, gen_stats, cache_plot], api_name="generate", show_progress="hidden", **DECODE)
     return dict(prompt=prompt, compare=compare_btn, out=out)

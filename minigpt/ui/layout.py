@@ -17,7 +17,7 @@ from minigpt.device import pick_precision
 
 from . import (architecture, attention_tab, checkpoints_tab, concepts_tab, generate_tab, ladder_tab, tokenizer_tab,
                train_tab)
-from .common import LIMITS, PLAYGROUND, Page, save_dir, session_of
+from .common import CHEAP, LIMITS, PLAYGROUND, Page, saved_folder, session_of
 from .theme import CSS, theme
 
 TABS = [  # (label, id, module): each module's build(page, tab) lays out and wires its tab
@@ -50,7 +50,7 @@ def on_unload(request: gr.Request):
     key = getattr(request, "session_hash", None)
     if key:
         PLAYGROUND.drop(key)
-        shutil.rmtree(save_dir(key, create=False), ignore_errors=True)
+        shutil.rmtree(saved_folder(key), ignore_errors=True)
         gc.collect()
 
 
@@ -66,13 +66,15 @@ def build_ui() -> gr.Blocks:
                 with gr.Tab(label, id=tab_id) as tab:
                     built[tab_id] = module.build(page, tab)
         architecture.link_concepts(tabs, built["concepts"]["try"], built["train"]["arch_targets"])
-        demo.load(on_load, None, badge, api_name="on_load", api_visibility="private")
+        demo.load(on_load, None, badge, api_name="on_load", api_visibility="private", **CHEAP)
         demo.unload(on_unload)
-    demo.queue(default_concurrency_limit=4, max_size=64)
+    # max_size: a classroom of 30 opening the page at once queues ~3 page-load events each.
+    demo.queue(default_concurrency_limit=4, max_size=256)
     return demo
 
 
 def launch_kwargs() -> dict:
     """What `launch()` needs besides host and port (which come from GRADIO_SERVER_NAME / _PORT)."""
+    # max_threads: each run waiting in the training queue holds a (sleeping) worker thread.
     return dict(max_file_size=LIMITS.max_upload_bytes, theme=theme(), css=CSS,
-                footer_links=["api", "gradio", "settings"], run_history=False)
+                footer_links=["api", "gradio", "settings"], run_history=False, max_threads=80)

@@ -11,7 +11,7 @@ import gradio as gr
 from minigpt import plots
 from minigpt.limits import check_text
 
-from .common import INFER, LIMITS, PLAYGROUND, Page, user_errors
+from .common import CHEAP, LIMITS, PLAYGROUND, Page, user_errors
 
 EXAMPLE = ("ROMEO:\nBut soft, what light through yonder window breaks?\n"
            "It is the east, and Juliet is the sun — naïve café.")
@@ -37,6 +37,7 @@ def build(page: Page, tab: gr.Tab) -> dict:
     gr.Markdown("The char model's vocabulary is the **65** distinct characters of Tiny Shakespeare: tiny, so each "
                 "token carries little and sequences are long. GPT-2's BPE has **50,257** tokens learned from web "
                 "text: common words are one token, rare ones split into pieces, and any text can be encoded.")
-    text.change(tokenize_text, text, [out, ids], api_name="tokenize", show_progress="hidden", **INFER)
-    page.demo.load(tokenize_text, text, [out, ids], api_name="tokenize_on_load", api_visibility="private")
+    text.change(tokenize_text, text, [out, ids], api_name="tokenize", show_progress="hidden", **CHEAP)
+    page.demo.load(tokenize_text, text, [out, ids], api_name="tokenize_on_load", api_visibility="private",
+                  **CHEAP)
     return dict(text=text)

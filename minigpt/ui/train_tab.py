@@ -19,7 +19,7 @@ from minigpt.training_view import TrainView
 
 from .architecture import LayerFigures, build_layer_plots, build_switches, layer_figures, standard
 from .checkpoints_tab import save, show_file
-from .common import LIMITS, PLAYGROUND, Page, session_of, user_errors
+from .common import CHEAP, LIMITS, PLAYGROUND, Page, session_of, user_errors
 from .inputs import Dropdown, Number, Radio, Slider
 
 RECIPE = TrainConfig()  # the library's defaults: the page starts from the same recipe as the CLI
@@ -120,7 +120,8 @@ def continue_training(data=D.data, text=D.text, upload=None, tokenizer=D.tokeniz
 def _stream(s, views, progress):
     layers = LayerFigures()
     for view in views:
-        progress(view.progress, desc=f"iteration {view.iter}")
+        waiting = view.state == "waiting"
+        progress(view.progress, desc="waiting for a training slot" if waiting else f"iteration {view.iter}")
         yield train_outputs(view, s, layers)
 
 
@@ -131,7 +132,7 @@ def stop(request: gr.Request = None):
     s = session_of(request)
     first = s.stop_soon()
     yield train_outputs(first, s, layers=lambda view: (gr.skip(), gr.skip()))  # at once: the plots come next
-    if first.state in ("stopped", "stopping"):
+    if first.state in ("stopped", "stopping", "waiting"):
         yield train_outputs(s.stop(wait=120.0), s)
 
 
@@ -222,14 +223,16 @@ def build(page: Page, tab: gr.Tab) -> dict:
     outputs = [loss_plot, status, sample, card, page.badge, *layer_plots]
 
     gr.on([x.change for x in knobs], estimate, knobs, [estimate_box, start_btn],
-          api_name="estimate", queue=False, show_progress="hidden")
+          api_name="estimate", queue=False, show_progress="hidden", **CHEAP)
     page.demo.load(estimate, knobs, [estimate_box, start_btn], api_name="estimate_on_load",
-                   api_visibility="private", queue=False)
+                   api_visibility="private", queue=False, **CHEAP)
     data.change(choose_data, data, [text, upload], api_visibility="private", queue=False)
     preset.input(apply_preset, preset, shape, api_visibility="private", queue=False)
     # A preset is a standard GPT (and the bigram preset could not take switches at all).
     preset.input(standard, None, list(switches.values()), api_visibility="private", queue=False)
-    jobs = dict(concurrency_limit=LIMITS.max_training_jobs, concurrency_id="train", show_progress="hidden")
+    # No limit here: the Playground's TrainingQueue runs max_training_jobs at a time, and a run waiting for
+    # its turn streams its place and estimated wait (a closed tab leaves the queue).
+    jobs = dict(concurrency_limit=None, concurrency_id="train", show_progress="hidden")
     train_ev = start_btn.click(train, knobs, outputs, api_name="train", **jobs)
     cont_ev = continue_btn.click(continue_training, knobs, outputs, api_name="continue_training", **jobs)
     # /stop sets this session's stop flag (works from gradio_client too) and answers at once; cancels=
