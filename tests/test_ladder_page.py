@@ -49,10 +49,10 @@ def test_averaging_three_ways_agree_and_the_model_attends(client):
 def test_a_tiny_ladder_streams_eight_rungs_and_keeps_the_model(client):
     job = client.submit(**TINY, api_name="/ladder")
     assert wait_for(lambda: len(job.outputs()) >= 1, timeout=120)
-    # One training job: the Train tab's Start waits in the same pool until the ladder has finished.
-    train = client.submit(n_embd=32, n_head=2, n_layer=1, budget="iterations", amount=5, api_name="/train")
-    time.sleep(1.0)
-    assert not job.done() and train.status().code.name == "IN_QUEUE" and not train.outputs()
+    # One training job a session: the Train tab's Start is refused while the ladder runs, and says why.
+    with pytest.raises(AppError, match="already training: stop it first"):
+        client.predict(n_embd=32, n_head=2, n_layer=1, budget="iterations", amount=5, api_name="/train")
+    assert not job.done()
     status, curves, bars, table, samples = job.result(timeout=900)
     outputs = job.outputs()
     assert len(outputs) >= 3 and any("Live run in this session</b>: rung" in o[0] for o in outputs)
@@ -60,7 +60,9 @@ def test_a_tiny_ladder_streams_eight_rungs_and_keeps_the_model(client):
     assert len(rows(table)) == 8 and len(re.findall(r"<b>\d\.\d{3}</b>", table)) == 8
     assert "RMSNorm" in table and samples.count("class=\"mg-card\"") == 8
     assert curves["type"] == "matplotlib" and bars["type"] == "matplotlib"
-    assert "Finished" in train.result(timeout=300)[1]  # then it trains
+    # Then it trains.
+    assert "Finished" in client.predict(n_embd=32, n_head=2, n_layer=1, budget="iterations", amount=5,
+                                        api_name="/train")[1]
 
 
 def test_the_ladder_needs_no_arguments_and_stops_at_once(client):
