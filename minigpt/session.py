@@ -33,7 +33,7 @@ from .model import GPT
 from .sampling import SamplingConfig
 from .train import Done, Run
 from .train_spec import SHAKESPEARE, TrainSpec
-from .training_view import LiveTraining, StopFlag, Thinned, TrainView
+from .training_view import LiveTraining, StopFlag, Thinned, TrainView, previous_curve
 from .views import attention_weights, next_token_at, one_thread, repeat_fraction
 
 if TYPE_CHECKING:
@@ -128,6 +128,7 @@ class Session:
             raise ValueError("this session is already training: stop it first")
         try:
             tcfg = spec.train_config(limits)
+            ghost = previous_curve(self.run)  # the plot keeps it when a new run replaces this one
             run = self._resumed_run(spec) if resume else self._new_run(spec)
             self._idle.clear()
             self.stop_event.clear()
@@ -141,6 +142,7 @@ class Session:
             view = TrainView(state="training", iter=run.iters, start_iter=run.iters,
                              evals=[(e.iter, e.train_loss, e.val_loss) for e in run.history],
                              sample=self.view.sample if resume else "", message=self._shape_note(spec))
+            view.ghost, view.ghost_optimizer = (self.view.ghost, self.view.ghost_optimizer) if resume else ghost
             steps = Thinned()
             for it, loss in (self._old_steps if resume else []):
                 steps.add((it, loss))

@@ -21,6 +21,27 @@ from .train import Done, Eval, Run, Sample, Start, Step, TrainConfig, train
 from .training_queue import lower_thread_priority
 
 
+GHOST_POINTS = 200
+
+
+def ghost_curve(history) -> tuple:
+    """A finished run's validation curve from its Eval events: (iter, val) pairs, at most about GHOST_POINTS."""
+    points = [(e.iter, e.val_loss) for e in history if e.val_loss is not None and e.val_loss == e.val_loss]
+    stride = -(-len(points) // GHOST_POINTS) if points else 1
+    thinned = points[::stride]
+    if points and thinned[-1] != points[-1]:
+        thinned.append(points[-1])  # keep where it ended
+    return tuple(thinned)
+
+
+def previous_curve(run: Run | None) -> tuple:
+    """(validation curve, optimizer) of a session's last run, which the loss plot keeps as a ghost line
+    when a new run starts (so AdamW and Muon can be compared); ((), "") when there is none."""
+    if run is None or not run.history:
+        return (), ""
+    return ghost_curve(run.history), run.last_train_config.get("optimizer") or ""
+
+
 class Thinned:
     """A list that keeps at most about `cap` points by doubling its stride (for light live plots)."""
 
@@ -59,6 +80,10 @@ class TrainView:
     message: str = ""
     final_val_loss: float | None = None
     card: dict = field(default_factory=dict)
+    # The session's previous run, to compare against: its (iter, val estimate) points, thinned once to at
+    # most GHOST_POINTS (a tuple: snapshots share it, never copy it), and the optimizer that trained it.
+    ghost: tuple = ()
+    ghost_optimizer: str = ""
 
 
 class StopFlag(threading.Event):

@@ -230,3 +230,18 @@ def test_train_estimate_and_continue_need_no_arguments_and_stop_answers_within_a
         assert c.predict(api_name="/model_info")[0]["training"]["iters"] > stopped_at
     finally:
         c.close()
+
+
+def test_adamw_then_muon_overlays_the_previous_runs_val_curve(client):
+    """Train with AdamW, switch the knob, Start again: the plot keeps the AdamW run's validation curve,
+    labelled, beside the Muon run's; the run card and the badge say which optimizer trained the model."""
+    quick = {**TINY, "budget": "iterations", "amount": 30}
+    plot, _, _, card, badge = client.predict(**quick, optimizer="adamw", api_name="/train")
+    assert card["optimizer"] == "adamw" and "trained with AdamW" in badge
+    adamw_val = [(row[0], row[1]) for row in plot["data"] if row[2] == "val" and row[1] is not None]
+    assert len(adamw_val) == 3
+    plot, _, _, card, badge = client.predict(**quick, optimizer="muon", muon_lr=0.03, api_name="/train")
+    assert card["optimizer"] == "muon" and card["train_config"]["muon_lr"] == 0.03 and "trained with Muon" in badge
+    ghost = [(row[0], row[1]) for row in plot["data"] if row[2] == "previous run: AdamW, val" and row[1] is not None]
+    assert ghost == adamw_val
+    assert any(row[2] == "val" and row[1] is not None for row in plot["data"])

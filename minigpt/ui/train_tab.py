@@ -30,6 +30,11 @@ PRESETS = {  # name -> knob values (n_embd, n_head, n_layer, block_size, dropout
     "Bigram baseline (val ≈ 2.5)": (128, 4, 4, 64, 0.0, 32, 1e-2, "iterations", 2000, "bigram"),
 }
 
+MUON_NOTE = ("<span class='mg-muted'>**Muon** orthogonalises the momentum of each weight matrix inside the blocks "
+             "(every direction of the update moves about as much) and leaves the embeddings, head and gains to "
+             "AdamW, which uses the learning rate above; **AdamW** alone trains everything. Train once with each "
+             "(same seed): the loss plot keeps the previous run's validation curve to compare.</span>")
+
 GUIDE = """Validation loss on Tiny Shakespeare with characters:
 - untrained: ln 65 ≈ **4.17** — every character equally likely
 - bigram baseline: stalls near **2.5** — it only sees the previous character
@@ -44,7 +49,7 @@ Validation rising while train falls is overfitting: add dropout, shrink the mode
 # ---- handlers ------------------------------------------------------------------------------------
 
 def spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size, lr,
-            budget, amount, eval_interval, seed) -> TrainSpec:
+            budget, amount, eval_interval, seed, optimizer=D.optimizer, muon_lr=D.muon_lr) -> TrainSpec:
     if data == "upload":
         if not upload:
             raise ValueError("upload a UTF-8 .txt file first (or choose Tiny Shakespeare)")
@@ -56,13 +61,15 @@ def spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block
     return TrainSpec(data=data, text=text or "", tokenizer=tokenizer, model=model, n_embd=n_embd, n_head=n_head,
                      n_layer=n_layer, block_size=block_size, dropout=dropout, batch_size=batch_size,
                      lr=lr if lr is not None else 0.0, budget=budget, amount=amount if amount is not None else 0,
-                     eval_interval=eval_interval, seed=seed if seed is not None else 0)
+                     eval_interval=eval_interval, seed=seed if seed is not None else 0, optimizer=optimizer,
+                     muon_lr=muon_lr if muon_lr is not None else 0.0)
 
 
 def train_outputs(view, s):
     sample = f"— sample at iteration {view.sample_iter} —\n{view.sample}" if view.sample else ""
     card = view.card or (s.current().card if s.owned is not None else {})
-    return (plots.loss_frame(view.steps, view.evals), plots.status_html(view), sample, card,
+    return (plots.loss_frame(view.steps, view.evals, view.ghost, view.ghost_optimizer), plots.status_html(view),
+            sample, card,
             plots.model_html(s.info()))
 
 
@@ -70,11 +77,11 @@ def train_outputs(view, s):
 def estimate(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model=D.model, n_embd=D.n_embd,
              n_head=D.n_head, n_layer=D.n_layer, block_size=D.block_size, dropout=D.dropout,
              batch_size=D.batch_size, lr=D.lr, budget=D.budget, amount=D.amount, eval_interval=D.eval_interval,
-             seed=D.seed):
+             seed=D.seed, optimizer=D.optimizer, muon_lr=D.muon_lr):
     """Parameters, memory and time of the knobs' settings, or why they cannot work (Start is disabled then)."""
     try:
         spec = spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout,
-                       batch_size, lr, budget, amount, eval_interval, seed)
+                       batch_size, lr, budget, amount, eval_interval, seed, optimizer, muon_lr)
         est = PLAYGROUND.estimate(spec)
     except ValueError as e:
         est = Estimate(ok=False, error=str(e))
@@ -85,11 +92,11 @@ def estimate(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model
 def train(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model=D.model, n_embd=D.n_embd,
           n_head=D.n_head, n_layer=D.n_layer, block_size=D.block_size, dropout=D.dropout, batch_size=D.batch_size,
           lr=D.lr, budget=D.budget, amount=D.amount, eval_interval=D.eval_interval, seed=D.seed,
-          request: gr.Request = None, progress=gr.Progress()):
+          optimizer=D.optimizer, muon_lr=D.muon_lr, request: gr.Request = None, progress=gr.Progress()):
     """Train a fresh model in this session, streaming the loss curves, progress and samples."""
     s = session_of(request)
     spec = spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size,
-                   lr, budget, amount, eval_interval, seed)
+                   lr, budget, amount, eval_interval, seed, optimizer, muon_lr)
     yield from _stream(s, s.train(spec), progress)
 
 
@@ -97,12 +104,12 @@ def train(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model=D.
 def continue_training(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model=D.model, n_embd=D.n_embd,
                       n_head=D.n_head, n_layer=D.n_layer, block_size=D.block_size, dropout=D.dropout,
                       batch_size=D.batch_size, lr=D.lr, budget=D.budget, amount=D.amount,
-                      eval_interval=D.eval_interval, seed=D.seed, request: gr.Request = None,
-                      progress=gr.Progress()):
+                      eval_interval=D.eval_interval, seed=D.seed, optimizer=D.optimizer, muon_lr=D.muon_lr,
+                      request: gr.Request = None, progress=gr.Progress()):
     """Resume this session's run (or fine-tune a copy of the loaded model) with the budget and learning rate."""
     s = session_of(request)
     spec = spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size,
-                   lr, budget, amount, eval_interval, seed)
+                   lr, budget, amount, eval_interval, seed, optimizer, muon_lr)
     yield from _stream(s, s.train(spec, resume=True), progress)
 
 
@@ -178,6 +185,11 @@ def build(page: Page, tab: gr.Tab) -> dict:
                 eval_interval = Slider(10, 1000, value=D.eval_interval, step=10, label="evaluate every … steps",
                                        elem_id="eval-interval")
                 seed = Number(D.seed, label="seed", precision=0, minimum=0)
+            with gr.Row():
+                optimizer = Radio([("Muon", "muon"), ("AdamW", "adamw")], value=D.optimizer, label="Optimizer")
+                muon_lr = Number(D.muon_lr, label="Muon learning rate", minimum=1e-6, maximum=10.0, step=1e-3,
+                                 elem_id="muon-lr")
+            gr.Markdown(MUON_NOTE)
             gr.Markdown(f"<span class='mg-muted'>Limits here: ≤ {LIMITS.max_params / 1e6:g} M parameters, "
                         f"≤ {LIMITS.max_train_seconds:g} s a run, {LIMITS.max_training_jobs} training job(s) at "
                         f"once; set with the MINIGPT_MAX_* variables (see below).</span>")
@@ -203,7 +215,7 @@ def build(page: Page, tab: gr.Tab) -> dict:
             with gr.Accordion("Run card (stored in the checkpoint: enough to repeat the run)", open=False):
                 card = gr.JSON(label="Run card")
     knobs = [data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size, lr,
-             budget, amount, eval_interval, seed]
+             budget, amount, eval_interval, seed, optimizer, muon_lr]
     shape = [n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model]
     outputs = [loss_plot, status, sample, card, page.badge]
 
