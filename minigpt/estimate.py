@@ -110,6 +110,8 @@ def estimate(spec: TrainSpec, vocab_size: int, limits: Limits, speed: SpeedModel
         notes.append(f"stops at the time limit of {limits.max_train_seconds:g} s (MINIGPT_MAX_TRAIN_SECONDS)")
     if cfg.model == "bigram":
         notes.append("the bigram model ignores the shape knobs: it is one vocab × vocab table")
+        if tcfg.optimizer == "muon":
+            notes.append("it has no blocks, so no matrices for Muon: AdamW trains it")
     return Estimate(ok=True, params=estimate_params(cfg), vocab_size=vocab_size,
                     memory_mb=train_memory_bytes(cfg, tcfg.batch_size, tcfg.optimizer) / 2**20, step_ms=step * 1000,
                     iters=iters, seconds=seconds, notes=notes)

@@ -245,3 +245,11 @@ def test_adamw_then_muon_overlays_the_previous_runs_val_curve(client):
     ghost = [(row[0], row[1]) for row in plot["data"] if row[2] == "previous run: AdamW, val" and row[1] is not None]
     assert ghost == adamw_val
     assert any(row[2] == "val" and row[1] is not None for row in plot["data"])
+
+
+def test_presets_set_the_optimizer_of_their_recipe():
+    from minigpt.train import TrainConfig
+    from minigpt.ui.train_tab import PRESETS, apply_preset
+    assert apply_preset("nanoGPT CPU recipe (val ≈ 1.88)")[-1] == "adamw"  # nanoGPT's recipe is AdamW's
+    assert apply_preset("Default: 4 layers × 128, 60 s")[-1] == TrainConfig().optimizer
+    assert all(len(v) == 11 for v in PRESETS.values())

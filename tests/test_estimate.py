@@ -48,3 +48,10 @@ def test_the_memory_estimate_follows_the_optimizer():
     pg = Playground(Limits(), shipped_path="/nonexistent", device="cpu")
     est = {k: pg.estimate(TrainSpec(optimizer=k, budget="iterations", amount=10)) for k in ("adamw", "muon")}
     assert est["adamw"].memory_mb - est["muon"].memory_mb == pytest.approx(4 * m / 2**20)
+
+
+def test_the_bigram_estimate_says_adamw_trains_it_whatever_the_knob():
+    pg = Playground(Limits(), shipped_path="/nonexistent", device="cpu")
+    notes = pg.estimate(TrainSpec(model="bigram", optimizer="muon")).notes
+    assert any("AdamW trains it" in n for n in notes)
+    assert not any("AdamW trains it" in n for n in pg.estimate(TrainSpec(model="bigram", optimizer="adamw")).notes)

@@ -22,12 +22,15 @@ from .inputs import Dropdown, Number, Radio, Slider
 
 RECIPE = TrainConfig()  # the library's defaults: the page starts from the same recipe as the CLI
 D = TrainSpec()         # the knobs' starting values (and the endpoints' defaults)
-PRESETS = {  # name -> knob values (n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model)
-    "Quick demo: 2 layers × 64, 30 s": (64, 4, 2, 32, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 30, "gpt"),
-    "Default: 4 layers × 128, 60 s": (128, 4, 4, 64, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 60, "gpt"),
-    "nanoGPT CPU recipe (val ≈ 1.88)": (128, 4, 4, 64, 0.0, 12, 1e-3, "iterations", 2000, "gpt"),
-    "GPU: 6 layers × 384 (val ≈ 1.47)": (384, 6, 6, 256, 0.2, 64, 1e-3, "iterations", 5000, "gpt"),
-    "Bigram baseline (val ≈ 2.5)": (128, 4, 4, 64, 0.0, 32, 1e-2, "iterations", 2000, "bigram"),
+PRESETS = {  # name -> knob values (n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model,
+    #                            optimizer): the nanoGPT and lecture recipes are AdamW's
+    "Quick demo: 2 layers × 64, 30 s": (64, 4, 2, 32, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 30, "gpt",
+                                        RECIPE.optimizer),
+    "Default: 4 layers × 128, 60 s": (128, 4, 4, 64, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 60, "gpt",
+                                      RECIPE.optimizer),
+    "nanoGPT CPU recipe (val ≈ 1.88)": (128, 4, 4, 64, 0.0, 12, 1e-3, "iterations", 2000, "gpt", "adamw"),
+    "GPU: 6 layers × 384 (val ≈ 1.47)": (384, 6, 6, 256, 0.2, 64, 1e-3, "iterations", 5000, "gpt", "adamw"),
+    "Bigram baseline (val ≈ 2.5)": (128, 4, 4, 64, 0.0, 32, 1e-2, "iterations", 2000, "bigram", "adamw"),
 }
 
 MUON_NOTE = ("<span class='mg-muted'>**Muon** orthogonalises the momentum of each weight matrix inside the blocks "
@@ -143,10 +146,10 @@ def choose_data(data):
 
 
 def apply_preset(name):
-    n_embd, n_head, n_layer, block, dropout, batch, lr, budget, amount, model = PRESETS[name]
+    n_embd, n_head, n_layer, block, dropout, batch, lr, budget, amount, model, optimizer = PRESETS[name]
     return (min(n_embd, LIMITS.max_embd), min(n_head, LIMITS.max_heads), min(n_layer, LIMITS.max_layers),
             min(block, LIMITS.max_context), dropout, min(batch, LIMITS.max_batch), lr, budget,
-            amount if budget == "iterations" else min(amount, LIMITS.max_train_seconds), model)
+            amount if budget == "iterations" else min(amount, LIMITS.max_train_seconds), model, optimizer)
 
 
 # ---- layout and wiring ---------------------------------------------------------------------------
@@ -216,7 +219,7 @@ def build(page: Page, tab: gr.Tab) -> dict:
                 card = gr.JSON(label="Run card")
     knobs = [data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size, lr,
              budget, amount, eval_interval, seed, optimizer, muon_lr]
-    shape = [n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model]
+    shape = [n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model, optimizer]
     outputs = [loss_plot, status, sample, card, page.badge]
 
     gr.on([x.change for x in knobs], estimate, knobs, [estimate_box, start_btn],
