@@ -174,3 +174,22 @@ def test_bad_input_shows_a_message_and_keeps_the_model(page, tmp_path):
                            ".some(t => t.innerText.includes(\"not in the model's vocabulary: '€'\"))")
     time.sleep(0.5)
     shoot(page, "13-bad-prompt")
+
+
+def test_adamw_then_muon_overlay_their_val_curves(page):
+    """Train with AdamW, switch the knob to Muon, Start again: the AdamW run's validation curve stays on
+    the plot as a labelled line (its name is in the chart's colour domain from the first frame)."""
+    page.get_by_role("tab", name="Train").click()
+    for elem_id, value in (("n-embd", 32), ("n-head", 4), ("n-layer", 2), ("block-size", 32), ("eval-interval", 10)):
+        set_number(page, elem_id, value)
+    page.get_by_role("radio", name="iterations").check()
+    set_number(page, "amount", 40)
+    for name in ("AdamW", "Muon"):
+        page.get_by_role("radio", name=name).check()
+        page.wait_for_selector("#estimate >> text=27,840 parameters")
+        page.locator("#start-btn").click()
+        page.wait_for_selector("#train-status >> text=Finished", timeout=120_000)
+        page.wait_for_selector(f"#model-badge >> text=trained with {name}")
+    page.wait_for_function("() => document.querySelector('#loss-plot').innerText.includes('previous run: AdamW, val')")
+    page.locator("#loss-plot").scroll_into_view_if_needed()
+    page.locator("#loss-plot").screenshot(path=str(SHOTS / "06-adamw-vs-muon.png"))
