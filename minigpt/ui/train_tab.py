@@ -22,8 +22,9 @@ from .inputs import Dropdown, Number, Radio, Slider
 
 RECIPE = TrainConfig()  # the library's defaults: the page starts from the same recipe as the CLI
 D = TrainSpec()         # the knobs' starting values (and the endpoints' defaults)
-PRESETS = {  # name -> knob values (n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model,
-    #                            optimizer): the nanoGPT and lecture recipes are AdamW's
+# name -> knob values (n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model, optimizer);
+# nanoGPT's recipe and the lecture's GPU run are AdamW's.
+PRESETS = {
     "Quick demo: 2 layers × 64, 30 s": (64, 4, 2, 32, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 30, "gpt",
                                         RECIPE.optimizer),
     "Default: 4 layers × 128, 60 s": (128, 4, 4, 64, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 60, "gpt",
