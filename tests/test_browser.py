@@ -177,8 +177,8 @@ def test_bad_input_shows_a_message_and_keeps_the_model(page, tmp_path):
 
 
 def test_adamw_then_muon_overlay_their_val_curves(page):
-    """Train with AdamW, switch the knob to Muon, Start again: the AdamW run's validation curve stays on
-    the plot as a labelled line (its name is in the chart's colour domain from the first frame)."""
+    """Train with AdamW, switch the knob to Muon, Start again: the badge names each optimizer in turn,
+    and 14-adamw-vs-muon.png shows the AdamW run's validation curve beside the Muon run's."""
     page.get_by_role("tab", name="Train").click()
     for elem_id, value in (("n-embd", 32), ("n-head", 4), ("n-layer", 2), ("block-size", 32), ("eval-interval", 10)):
         set_number(page, elem_id, value)
@@ -190,6 +190,7 @@ def test_adamw_then_muon_overlay_their_val_curves(page):
         page.locator("#start-btn").click()
         page.wait_for_selector("#train-status >> text=Finished", timeout=120_000)
         page.wait_for_selector(f"#model-badge >> text=trained with {name}")
-    page.wait_for_function("() => document.querySelector('#loss-plot').innerText.includes('previous run: AdamW, val')")
+    # The legend always names both ghost series (see minigpt/plots.py), so it proves nothing: the line
+    # itself is drawn on a canvas. The data is asserted in test_app.py; this picture is for a person.
     page.locator("#loss-plot").scroll_into_view_if_needed()
-    page.locator("#loss-plot").screenshot(path=str(SHOTS / "06-adamw-vs-muon.png"))
+    page.locator("#loss-plot").screenshot(path=str(SHOTS / "14-adamw-vs-muon.png"))
