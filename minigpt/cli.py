@@ -7,9 +7,7 @@ stderr; defaults come from the config dataclasses, so the CLI and the app agree.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
 import threading
 import time
@@ -188,16 +186,17 @@ def _optimizer(args) -> str:
 def run_train(args) -> int:
     """`train` in this process, or under torchrun this process's part of a DDP job (minigpt/distributed.py)."""
     from .distributed import process_group
+    from .saving import sigterm_interrupts
     with process_group(args.device) as team:
         if team is not None:  # torchrun: SIGINT and SIGTERM set team.stop (minigpt/distributed.py)
             return _train(args, team)
-        with _sigterm_interrupts():  # SIGTERM (timeout, container stops, Space restarts) saves as Ctrl-C does
+        with sigterm_interrupts():  # SIGTERM (timeout, container stops, Space restarts) saves as Ctrl-C does
             return _train(args, team)
 
 
 def _train(args, team) -> int:
     from .checkpoint import save_checkpoint
-    from .saving import OutputError, check_writable, save_with_fallback
+    from .saving import OutputError, check_writable, save_with_fallback, signals_ignored
     from .train import Done, Eval, Sample, Start, Step, TrainConfig, event_dict, train
 
     limits = Limits.from_env()
@@ -250,7 +249,7 @@ def _train(args, team) -> int:
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if str(e) == "SIGTERM" else "interrupted"
         print(f"{how}: saving the model trained so far", file=sys.stderr)
-    with _signals_ignored():  # a second Ctrl-C or SIGTERM must not cut the save short
+    with signals_ignored():  # a second Ctrl-C or SIGTERM must not cut the save short
         try:
             path, note = save_with_fallback(
                 args.out, lambda p: save_checkpoint(p, run.model, run.tokenizer, run.run_card(),
@@ -274,39 +273,6 @@ def _train(args, team) -> int:
               f"saved {path}")
     print(json.dumps(summary), flush=True)
     return EXIT_SAVED_ELSEWHERE if note else 0
-
-
-def _on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """Inside, SIGTERM raises KeyboardInterrupt("SIGTERM"), as Ctrl-C raises KeyboardInterrupt."""
-    if not _on_main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextlib.contextmanager
-def _signals_ignored():
-    if not _on_main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 # ---- sample -------------------------------------------------------------------------------------

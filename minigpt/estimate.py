@@ -36,7 +36,7 @@ def train_flops_per_token(cfg: GPTConfig) -> float:
     """≈ 6 × non-embedding parameters + attention (PaLM appendix B), forward and backward."""
     if cfg.model == "bigram":
         return 6.0 * cfg.vocab_size
-    params = estimate_params(cfg) - cfg.block_size * cfg.n_embd
+    params = estimate_params(cfg, non_embedding=True)
     return 6.0 * params + 12.0 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
@@ -64,7 +64,10 @@ def train_memory_bytes(cfg: GPTConfig, batch_size: int, optimizer: str = "adamw"
     if cfg.model == "bigram":
         acts = B * T * V * 4 * 3
     else:
-        per_layer = 34 * cfg.n_embd + 5 * cfg.n_head * T  # activation elements per token per layer (Korthikanti et al.)
+        # Activation elements per token per layer (Korthikanti et al.: 34·C + 5·heads·T = attention 11·C,
+        # MLP 19·C, two norms 2·C each); the switches take out what they remove.
+        norms = (2 if cfg.mlp else 1) * (2 if cfg.norm != "none" else 0)
+        per_layer = (11 + (19 if cfg.mlp else 0) + norms) * cfg.n_embd + 5 * cfg.n_head * T
         acts = B * T * (cfg.n_layer * per_layer + 3 * V) * 4
     return 8.0 * p + optimizer_bytes(cfg, optimizer) + acts
 

@@ -345,6 +345,9 @@ def model_html(info: dict) -> str:
     val = info["training"].get("val_loss")
     val = f" · val loss <b>{val:.3f}</b>" if isinstance(val, (int, float)) else ""
     busy = " · <b>training…</b>" if info.get("training_now") else ""
+    arch = info.get("architecture", "standard GPT")
+    if c["model"] == "gpt" and arch != "standard GPT":  # name every switch that differs from the standard GPT
+        shape += f" · {arch}"
     opt = trained_with(info["training"])
     opt = f" · trained with {html.escape(opt)}" if opt else ""
     return (f'<div class="mg-model">Current model: <b>{html.escape(info["source"])}</b> · {html.escape(shape)} · '
@@ -364,6 +367,7 @@ def model_markdown(info: dict) -> str:
     rows = [("source", info["source"]),
             ("model", f"{c['model']}: {c['n_layer']} layers, {c['n_head']} heads, {c['n_embd']} wide, context "
                       f"{c['block_size']}, dropout {c['dropout']}" if c["model"] == "gpt" else "bigram (a vocab × vocab table)"),
+            ("architecture", info.get("architecture", "standard GPT")),
             ("parameters", f"{info['params']:,}"),
             ("tokenizer", f"{info['tokenizer']} ({info['vocab_size']:,} tokens)"),
             ("device", f"{info['device']} (inference in {info['dtype']})")]

@@ -9,14 +9,19 @@
   line what was not saved and why.
 - `session_save_dir(root, key)` is the page's Save folder: per session, checked, with a fresh temp
   folder as the fallback.
+- `sigterm_interrupts()` / `signals_ignored()`: SIGTERM (timeout, container stops, Space restarts)
+  saves as Ctrl-C does, and a second signal does not cut the save short.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -111,3 +116,37 @@ def session_save_dir(root, key: str) -> Path:
     except OSError as e:
         raise OutputError(f"the checkpoint cannot be saved on this server: {root} ({_reason(first)}) and the temp "
                           f"folder ({_reason(e)}) cannot be written") from None
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Inside, SIGTERM raises KeyboardInterrupt("SIGTERM"), as Ctrl-C raises KeyboardInterrupt."""
+    if not _on_main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def signals_ignored():
+    """Inside, Ctrl-C and SIGTERM are ignored: a save in progress is not cut short by a second signal."""
+    if not _on_main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

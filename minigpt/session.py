@@ -29,11 +29,11 @@ from .device import pick_precision
 from .experiments import model_scores
 from .generate import generate, perplexity, start_ids
 from .limits import check_int, check_text
-from .model import GPT
+from .model import GPT, SWITCHES, arch_summary
 from .sampling import SamplingConfig
 from .train import Done, Run
 from .train_spec import SHAKESPEARE, TrainSpec
-from .training_view import LiveTraining, StopFlag, Thinned, TrainView, previous_curve
+from .training_view import LiveTraining, StopFlag, Thinned, TrainView, ghost_of, layer_records
 from .views import attention_weights, next_token_at, one_thread, repeat_fraction
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class Session:
         self.version = 0                      # bumped whenever the current model changes
         self._old_steps: list = []            # the batch-loss curve so far, for Continue
         self._live: LiveTraining | None = None  # the run going on now
+        self.ladder = None                    # the Build-it-up tab's ladder (minigpt/ladder_session.py)
 
     # -- the current model --
 
@@ -105,7 +106,8 @@ class Session:
         # Training may use bf16 autocast; generation and the views always run the fp32 weights as they are.
         training_dtype = self.run.precision.dtype if (self.run is not None and model is self.run.model) \
             else ref.card.get("dtype")
-        return {"source": ref.source, "config": cfg.to_dict(), "params": model.num_params(),
+        return {"source": ref.source, "config": cfg.to_dict(), "architecture": arch_summary(cfg),
+                "params": model.num_params(),
                 "tokenizer": ref.tokenizer.kind, "vocab_size": ref.tokenizer.vocab_size, "device": device,
                 "dtype": "float32", "training_dtype": training_dtype, "training": dict(ref.card), "training_now": self.training,
                 "minigpt_version": __version__, "torch_version": torch.__version__}
@@ -128,7 +130,6 @@ class Session:
             raise ValueError("this session is already training: stop it first")
         try:
             tcfg = spec.train_config(limits)
-            ghost = previous_curve(self.run)  # the plot keeps it when a new run replaces this one
             run = self._resumed_run(spec) if resume else self._new_run(spec)
             self._idle.clear()
             self.stop_event.clear()
@@ -141,8 +142,8 @@ class Session:
             self.version += 1
             view = TrainView(state="training", iter=run.iters, start_iter=run.iters,
                              evals=[(e.iter, e.train_loss, e.val_loss) for e in run.history],
+                             layers=layer_records(run.history), **ghost_of(self.view, resume),
                              sample=self.view.sample if resume else "", message=self._shape_note(spec))
-            view.ghost, view.ghost_optimizer = (self.view.ghost, self.view.ghost_optimizer) if resume else ghost
             steps = Thinned()
             for it, loss in (self._old_steps if resume else []):
                 steps.add((it, loss))
@@ -216,17 +217,20 @@ class Session:
                    iters=int(ref.card.get("iters", 0) or 0), seconds=float(ref.card.get("seconds", 0) or 0))
 
     def _shape_note(self, spec: TrainSpec) -> str:
-        """Continue keeps the model's shape: say so when the knobs now ask for another one."""
+        """Continue keeps the model's shape and switches: say so when the knobs now ask for another one."""
         cfg = self.run.model.config if self.run is not None else None
         if cfg is None or self.run.iters == 0:
             return ""
         knobs = (spec.model, spec.n_layer, spec.n_head, spec.n_embd, spec.block_size)
-        if cfg.model == "bigram":
-            same = spec.model == "bigram"
-        else:
-            same = knobs == (cfg.model, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size)
-        return "" if same else ("Continue keeps this model's shape and data; the shape knobs apply to the next "
-                                "Start.")
+        same = (spec.model == "bigram" if cfg.model == "bigram"
+                else knobs == (cfg.model, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size))
+        if not same:
+            return ("Continue keeps this model's shape, architecture and data; the shape knobs apply to the "
+                    "next Start.")
+        if cfg.model == "gpt" and any(getattr(spec, name) != getattr(cfg, name) for name in SWITCHES):
+            return (f"Continue keeps this model's architecture ({arch_summary(cfg)}); the Architecture "
+                    f"switches apply to the next Start.")
+        return ""
 
     @staticmethod
     def _check_length(splits, block: int):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .data import DataError, decode_text
 from .limits import Limits, check_float, check_int
-from .model import GPTConfig
+from .model import SWITCHES, GPTConfig
 from .optim import OPTIMIZERS
 from .train import TrainConfig
 
@@ -38,6 +38,12 @@ class TrainSpec:
     eval_interval: int = 100    # steps between loss estimates (a sample every 2 evals)
     seed: int = 1337
     sample_tokens: int = 200    # length of the samples shown while training
+    # The architecture switches (GPTConfig's; the defaults are the standard GPT):
+    norm: str = "layer"         # layer | batch | rms | none
+    residual: bool = True       # x + f(x) around each sublayer
+    mlp: bool = True            # the feed-forward sublayer of each block
+    pos_emb: bool = True        # learned position embeddings
+    activation: str = "gelu"    # the MLP's nonlinearity: gelu | relu | sigmoid | tanh
     optimizer: str = TrainConfig.optimizer  # muon (the blocks' matrices; AdamW for the rest) | adamw
     muon_lr: float = TrainConfig.muon_lr    # Muon's peak learning rate (lr stays AdamW's)
 
@@ -48,7 +54,8 @@ class TrainSpec:
                         n_layer=check_int("layers", self.n_layer, 1, limits.max_layers),
                         n_head=check_int("heads", self.n_head, 1, limits.max_heads),
                         n_embd=check_int("embedding size", self.n_embd, 1, limits.max_embd),
-                        dropout=check_float("dropout", self.dropout, 0.0, 1.0, hi_open=True), model=self.model)
+                        dropout=check_float("dropout", self.dropout, 0.0, 1.0, hi_open=True), model=self.model,
+                        **{name: getattr(self, name) for name in SWITCHES})
         if cfg.model == "gpt" and cfg.n_embd % cfg.n_head:
             raise ValueError(f"embedding size {cfg.n_embd} is not divisible by {cfg.n_head} heads: each head gets "
                              f"n_embd / n_head dimensions (try {cfg.n_head * max(1, round(cfg.n_embd / cfg.n_head))} "

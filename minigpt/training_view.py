@@ -24,9 +24,10 @@ from .training_queue import lower_thread_priority
 GHOST_POINTS = 200
 
 
-def ghost_curve(history) -> tuple:
-    """A finished run's validation curve from its Eval events: (iter, val) pairs, at most about GHOST_POINTS."""
-    points = [(e.iter, e.val_loss) for e in history if e.val_loss is not None and e.val_loss == e.val_loss]
+def ghost_curve(evals) -> tuple:
+    """A finished run's validation curve from its (iter, train, val) estimates: (iter, val) pairs, at most
+    about GHOST_POINTS."""
+    points = [(it, val) for it, _, val in evals if val is not None and val == val]
     stride = -(-len(points) // GHOST_POINTS) if points else 1
     thinned = points[::stride]
     if points and thinned[-1] != points[-1]:
@@ -34,12 +35,18 @@ def ghost_curve(history) -> tuple:
     return tuple(thinned)
 
 
-def previous_curve(run: Run | None) -> tuple:
-    """(validation curve, optimizer) of a session's last run, which the loss plot keeps as a ghost line
-    when a new run starts (so AdamW and Muon can be compared); ((), "") when there is none."""
-    if run is None or not run.history:
-        return (), ""
-    return ghost_curve(run.history), run.last_train_config.get("optimizer") or ""
+LAYER_HISTORY = 7  # evaluations of per-block diagnostics a view keeps (the latest and the ones drawn behind it)
+LAYER_KEYS = ("layer_grad_norms", "layer_act_std", "layer_attn_entropy")
+
+
+def layer_record(ev: Eval) -> dict:
+    """The per-block diagnostics of one Eval event (minigpt/diagnostics.py), as minigpt/layer_plots.py reads them."""
+    return {"iter": ev.iter, **{key: list(getattr(ev, key)) for key in LAYER_KEYS}}
+
+
+def layer_records(evals) -> list:
+    """The last LAYER_HISTORY evaluations that carry per-block diagnostics (none for the bigram)."""
+    return [layer_record(e) for e in evals if e.layer_grad_norms or e.layer_act_std][-LAYER_HISTORY:]
 
 
 class Thinned:
@@ -74,6 +81,7 @@ class TrainView:
     dtype: str = ""
     steps: list = field(default_factory=list)   # (iter, batch loss), thinned
     evals: list = field(default_factory=list)   # (iter, train estimate, val estimate)
+    layers: list = field(default_factory=list)  # per-block diagnostics of the last evaluations (layer_record)
     sample: str = ""
     sample_iter: int | None = None
     reason: str = ""
@@ -84,6 +92,16 @@ class TrainView:
     # most GHOST_POINTS (a tuple: snapshots share it, never copy it), and the optimizer that trained it.
     ghost: tuple = ()
     ghost_optimizer: str = ""
+
+
+def ghost_of(previous: TrainView, resume: bool) -> dict:
+    """The ghost fields of a new run's first view: a continued run keeps its ghost; a fresh one gets the
+    validation curve and optimizer of the session's previous run (its last view), so the loss plot can
+    overlay AdamW and Muon; none when there was no run (or its card does not name the optimizer)."""
+    if resume:
+        return dict(ghost=previous.ghost, ghost_optimizer=previous.ghost_optimizer)
+    optimizer = previous.card.get("optimizer") or ""
+    return dict(ghost=ghost_curve(previous.evals) if optimizer else (), ghost_optimizer=optimizer)
 
 
 class StopFlag(threading.Event):
@@ -155,6 +173,8 @@ class LiveTraining:
         elif isinstance(ev, Eval):
             view.val_loss = ev.val_loss
             view.evals.append((ev.iter, ev.train_loss, ev.val_loss))
+            if ev.layer_grad_norms or ev.layer_act_std:
+                view.layers = [*view.layers, layer_record(ev)][-LAYER_HISTORY:]
         elif isinstance(ev, Sample):
             view.sample, view.sample_iter = ev.text, ev.iter
         elif isinstance(ev, Done):
@@ -172,6 +192,7 @@ class LiveTraining:
         with self.lock:
             snap = copy.copy(self.view)
             snap.steps, snap.evals, snap.card = list(self.steps.items), list(self.view.evals), dict(self.view.card)
+            snap.layers = list(self.view.layers)
         return snap
 
     def views(self, interval: float = 0.5):

@@ -2,6 +2,7 @@
 
 import re
 import time
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def test_training_streams_updates_and_stops_on_request(server, client):
     # At least about one update a second while training (Start, steps, evals, samples).
     assert len(job.outputs()) >= min(4, elapsed / 2)
     t_stop = time.monotonic()
-    plot, status, sample, card, badge = client.predict(api_name="/stop")
+    plot, status, sample, card, badge, grad, act = client.predict(api_name="/stop")
     assert time.monotonic() - t_stop < 10
     assert "Finished" in status and "stopped" in status
     assert wait_for(lambda: job.done(), timeout=30)
@@ -232,15 +233,72 @@ def test_train_estimate_and_continue_need_no_arguments_and_stop_answers_within_a
         c.close()
 
 
+def numbers(estimate_html: str) -> tuple[int, float]:
+    """Parameters and training memory (MB) from the estimate's read-out."""
+    params = re.search(r"<b>([\d,]+)</b> parameters", estimate_html).group(1)
+    memory = re.search(r"≈ <b>([\d,]+) MB</b>", estimate_html).group(1)
+    return int(params.replace(",", "")), float(memory.replace(",", ""))
+
+
+def test_the_switches_have_defaults_and_the_estimate_follows_them(client):
+    from minigpt.model import GPTConfig, estimate_params
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    standard = dict(norm="layer", residual=True, mlp=True, pos_emb=True, activation="gelu")
+    for endpoint in ("/train", "/continue_training", "/estimate"):
+        params = {p["parameter_name"]: p for p in info[endpoint]["parameters"]}
+        assert all(p["parameter_has_default"] for p in params.values()), endpoint
+        assert {k: params[k]["parameter_default"] for k in standard} == standard, endpoint
+    shape = dict(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    base_params, base_memory = numbers(client.predict(**TINY, api_name="/estimate"))
+    assert base_params == estimate_params(GPTConfig(**shape))
+    for switches in (dict(norm="none"), dict(norm="rms"), dict(mlp=False), dict(pos_emb=False),
+                     dict(norm="batch", residual=False, activation="sigmoid")):
+        params, memory = numbers(client.predict(**TINY, **switches, api_name="/estimate"))
+        assert params == estimate_params(GPTConfig(**shape, **switches)), switches
+        if "mlp" in switches:  # no MLP: a quarter of the weights and less than half the activations
+            assert params < base_params / 2 and memory < base_memory
+    assert numbers(client.predict(norm="none", api_name="/estimate"))[0] == \
+        estimate_params(GPTConfig(vocab_size=65, norm="none"))  # the page's default shape, one switch changed
+
+
+def test_training_with_switches_names_them_and_plots_each_block(server, client):
+    app, _ = server
+    bn = dict(TINY, budget="iterations", amount=30, norm="batch", residual=False)
+    plot, status, sample, card, badge, grad, act = client.predict(**bn, api_name="/train")
+    assert "Finished" in status and card["iters"] == 30
+    assert card["architecture"] == "BatchNorm, no residual"
+    assert card["config"]["norm"] == "batch" and card["config"]["residual"] is False
+    assert "BatchNorm, no residual" in badge
+    info = client.predict(api_name="/model_info")[0]
+    assert info["architecture"] == "BatchNorm, no residual" and info["config"]["residual"] is False
+    # The per-block diagnostics of every evaluation (steps 10, 20, 30) reach the view and the two plots.
+    view = app.PLAYGROUND.session(client.session_hash).view
+    assert [r["iter"] for r in view.layers] == [10, 20, 30]
+    for record in view.layers:
+        assert len(record["layer_grad_norms"]) == len(record["layer_act_std"]) == 2
+        assert all(g > 0 for g in record["layer_grad_norms"]) and all(a > 0 for a in record["layer_act_std"])
+    assert grad["type"] == act["type"] == "matplotlib" and grad["plot"] != act["plot"]
+    # Continue keeps the model's switches, and says so when the knobs ask for others.
+    status = client.predict(**{**TINY, "budget": "iterations", "amount": 10}, api_name="/continue_training")[1]
+    assert "keeps this model's architecture (BatchNorm, no residual)" in unescape(status)
+    card = client.predict(api_name="/model_info")[0]["training"]
+    assert card["iters"] == 40 and card["architecture"] == "BatchNorm, no residual"
+    # The standard GPT's badge names no switch.
+    client.predict(api_name="/reset")
+    badge = client.predict(**{**TINY, "budget": "iterations", "amount": 10}, api_name="/train")[4]
+    assert "trained in this session" in badge and "residual" not in badge and "Norm" not in badge
+    client.predict(api_name="/reset")
+
+
 def test_adamw_then_muon_overlays_the_previous_runs_val_curve(client):
     """Train with AdamW, switch the knob, Start again: the plot keeps the AdamW run's validation curve,
     labelled, beside the Muon run's; the run card and the badge say which optimizer trained the model."""
     quick = {**TINY, "budget": "iterations", "amount": 30}
-    plot, _, _, card, badge = client.predict(**quick, optimizer="adamw", api_name="/train")
+    plot, _, _, card, badge, *_ = client.predict(**quick, optimizer="adamw", api_name="/train")
     assert card["optimizer"] == "adamw" and "trained with AdamW" in badge
     adamw_val = [(row[0], row[1]) for row in plot["data"] if row[2] == "val" and row[1] is not None]
     assert len(adamw_val) == 3
-    plot, _, _, card, badge = client.predict(**quick, optimizer="muon", muon_lr=0.03, api_name="/train")
+    plot, _, _, card, badge, *_ = client.predict(**quick, optimizer="muon", muon_lr=0.03, api_name="/train")
     assert card["optimizer"] == "muon" and card["train_config"]["muon_lr"] == 0.03 and "trained with Muon" in badge
     ghost = [(row[0], row[1]) for row in plot["data"] if row[2] == "previous run: AdamW, val" and row[1] is not None]
     assert ghost == adamw_val

@@ -23,7 +23,8 @@ from conftest import SMALL_TEXT
 
 TRAIN = dict(data="shakespeare", text="", upload=None, tokenizer="char", model="gpt", n_embd=32, n_head=2, n_layer=2,
              block_size=32, dropout=0.0, batch_size=16, lr=3e-3, budget="iterations", amount=20, eval_interval=10,
-             seed=1, optimizer="muon", muon_lr=0.02)
+             seed=1, norm="layer", residual=True, mlp=True, pos_emb=True, activation="gelu", optimizer="muon",
+             muon_lr=0.02)
 COMPARE = dict(prompt="ROMEO:", tokens=8, seed=3, strategies=["greedy", "multinomial"], low_t=0.5, high_t=2.0,
                top_k=10, top_p=0.9, colour=True, use_cache=True)
 GENERATE = dict(prompt="ROMEO:", tokens=8, strategy="temperature", temperature=0.8, top_k=0, top_p=1.0, seed=1,
@@ -31,7 +32,9 @@ GENERATE = dict(prompt="ROMEO:", tokens=8, strategy="temperature", temperature=0
 BASE = {"/train": TRAIN, "/continue_training": TRAIN, "/estimate": TRAIN, "/compare_sampling": COMPARE,
         "/generate": GENERATE, "/attention": dict(text="ROMEO:", layer=0, head="all"), "/tokenize": dict(text="hi"),
         "/attention_scores": dict(text="ROMEO:"),
-        "/next_token_distribution": dict(column="greedy", step=1), "/load_checkpoint": dict(file=None)}
+        "/next_token_distribution": dict(column="greedy", step=1), "/load_checkpoint": dict(file=None),
+        "/ladder": dict(iters_per_rung=10, norm="layer", n_embd=16, block_size=16, seed=1),
+        "/averaging": dict(text="First", layer=0, head=0)}
 ORDER = {name: list(kw) for name, kw in BASE.items()}  # positional order, for raw HTTP calls
 
 # (endpoint, changed inputs, what the message must say). A value "FILE:name" is a file made by `files`.
@@ -75,6 +78,19 @@ API_CASES = [
     ("/train", dict(data="upload", upload="FILE:blank.txt"), "empty"),
     ("/continue_training", dict(batch_size=0), "batch size must be between 1 and"),  # (shape knobs keep the model's)
     ("/continue_training", dict(lr=0), "learning rate must be between"),
+    # Train: the architecture switches
+    ("/train", dict(norm="group"), "norm must be one of 'layer', 'batch', 'rms', 'none'; got 'group'"),
+    ("/train", dict(norm=None), "norm must be one of"),
+    ("/train", dict(activation="swish"), "MLP activation must be one of 'gelu', 'relu', 'sigmoid', 'tanh'"),
+    ("/train", dict(residual="no"), "residual connections must be true or false, got 'no'"),
+    ("/train", dict(mlp=1), "MLP must be true or false, got 1"),
+    ("/train", dict(pos_emb=None), "position embeddings must be true or false"),
+    ("/train", dict(mlp=False, activation="sigmoid"), "activation 'sigmoid' needs the MLP"),
+    ("/train", dict(model="bigram", norm="batch"), "the bigram model has no blocks.*got BatchNorm"),
+    ("/continue_training", dict(norm="group"), "norm must be one of"),
+    ("/continue_training", dict(residual="off"), "residual connections must be true or false"),
+    ("/estimate", dict(mlp=False, activation="tanh"), "Cannot start.*needs the MLP"),
+    ("/estimate", dict(model="bigram", residual=False), "Cannot start.*bigram model has no blocks"),
     # The optimizer
     ("/train", dict(optimizer="sgd"), "Optimizer must be one of 'muon', 'adamw'; got 'sgd'"),
     ("/train", dict(optimizer=None), "[Oo]ptimizer must be one of"),
@@ -121,6 +137,21 @@ API_CASES = [
     ("/attention_scores", dict(text="Zebra€"), "not in the model's vocabulary: .*'€'"),
     ("/attention_scores", dict(text="ab" * 60_000), "text is 120,000 characters long"),
     ("/attention_scores", dict(text="R"), "at least two tokens"),
+    # Build it up: the ladder's budget, norm and shape; averaging's text, layer and head
+    ("/ladder", dict(iters_per_rung=0), "iterations per rung must be between 10 and"),
+    ("/ladder", dict(iters_per_rung=10**9), "iterations per rung must be between 10 and"),
+    ("/ladder", dict(iters_per_rung="many"), "iterations per rung must be a number"),
+    ("/ladder", dict(norm="group"), "norm of rungs 7–8 must be one of"),
+    ("/ladder", dict(n_embd=18), "must be divisible by n_head"),
+    ("/ladder", dict(n_embd=10**6), "width \\(n_embd\\) must be between"),
+    ("/ladder", dict(block_size=0), "context must be between"),
+    ("/ladder", dict(seed=-1), "seed must be at least 0"),
+    ("/averaging", dict(text=""), "enter some text"),
+    ("/averaging", dict(text="€uro"), "not in the model's vocabulary: '€'"),
+    ("/averaging", dict(text="x" * 100_001), "text is 100,001 characters long"),
+    ("/averaging", dict(layer=5), "layer must be between 0 and 1, got 5"),
+    ("/averaging", dict(layer=99), "layer must be between 0 and"),
+    ("/averaging", dict(head=2), "head must be between 0 and 1, got 2"),
     # Hostile checkpoint files
     ("/load_checkpoint", dict(file=None), "choose a .safetensors file"),
     ("/load_checkpoint", dict(file="FILE:pickle.safetensors"), "not a safetensors file"),

@@ -107,6 +107,48 @@ def test_train_stream_and_stop(page):
     shoot(page, "03-train-stopped", full=True)
 
 
+def test_architecture_group_and_per_block_plots(page):
+    """The Concepts tab's gradient experiment sets up its GPT version in the Train tab; a short run
+    draws the gradient norm and activation spread of each block."""
+    from minigpt.model import GPTConfig, estimate_params
+    page.get_by_role("tab", name="Concepts").click()
+    page.get_by_role("tab", name="Vanishing & exploding gradients").click()
+    page.wait_for_selector("#concepts-gradient_flow img")
+    page.locator("#try-gradients").scroll_into_view_if_needed()
+    shoot(page, "13b-concepts-try-in-a-gpt")
+    page.locator("#try-gradients").click()
+    # The Train tab is selected, its Architecture group open, the knobs set: 8 layers, sigmoid, no residual, no norm.
+    page.wait_for_selector("#arch-batchnorm-note >> text=part of why transformers use LayerNorm")
+    page.wait_for_function("document.querySelector('#n-layer input[type=number]').value === '8'")
+    assert page.locator("#arch-residual input[type=checkbox]").is_checked() is False
+    assert page.locator("#arch-mlp input[type=checkbox]").is_checked() is True
+    vanishing = GPTConfig(vocab_size=65, block_size=32, n_layer=8, n_head=4, n_embd=32, norm="none", residual=False,
+                          activation="sigmoid")
+    for elem_id, value in (("n-embd", 32), ("n-head", 4), ("block-size", 32), ("amount", 60)):
+        set_number(page, elem_id, value)  # small and quick (the setting keeps the width)
+    page.wait_for_selector(f"#estimate >> text={estimate_params(vanishing):,} parameters")
+    page.locator("#start-btn").click()
+    page.wait_for_selector("#model-badge >> text=no norm, no residual, sigmoid MLP")
+    page.wait_for_selector("#layer-grad-plot img")
+    page.wait_for_selector("#layer-act-plot img")
+    page.wait_for_function("() => { const m = document.querySelector('#train-status').innerText"
+                           ".match(/iteration ([\\d,]+)/); return m && +m[1].replace(/,/g, '') >= 60; }")
+    page.locator("#stop-btn").click()
+    page.wait_for_selector("#train-status >> text=Finished", timeout=90_000)  # 8 blocks' full validation, on a busy CPU
+    page.wait_for_timeout(1000)  # any late update of the stream
+    assert "training…" not in page.locator("#model-badge").inner_text()
+    page.locator("#layer-grad-plot").scroll_into_view_if_needed()
+    shoot(page, "14-train-architecture", full=True)
+    boxes = [page.locator(f"#{p}").bounding_box() for p in ("layer-grad-plot", "layer-act-plot")]
+    x0, y0 = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
+    x1, y1 = max(b["x"] + b["width"] for b in boxes), max(b["y"] + b["height"] for b in boxes)
+    top = page.evaluate("window.scrollY")  # bounding boxes are in the viewport; a full-page clip is in the page
+    page.screenshot(path=str(SHOTS / "15-layer-plots.png"), full_page=True,
+                    clip=dict(x=x0, y=y0 + top, width=x1 - x0, height=y1 - y0))
+    page.get_by_role("tab", name="Concepts").click()  # leave the Concepts tab on its first experiment again
+    page.get_by_role("tab", name="Softmax and √d").click()
+
+
 def test_compare_sampling_and_next_token(page):
     page.get_by_role("tab", name="Checkpoints").click()
     page.locator("#shipped-btn").click()
@@ -176,9 +218,36 @@ def test_bad_input_shows_a_message_and_keeps_the_model(page, tmp_path):
     shoot(page, "13-bad-prompt")
 
 
+def test_build_it_up_measured_then_a_short_live_run(page):
+    page.get_by_role("tab", name="Build it up").click()
+    page.wait_for_selector("#ladder-status >> text=Measured")  # the shipped record, before any run
+    page.wait_for_selector("#ladder-bars img")
+    page.wait_for_selector("#averaging-plot img")  # averaging → attention, drawn live when the tab opens
+    assert "max |difference from (a)|" not in page.locator("#averaging-note").inner_text()
+    assert "(b) " in page.locator("#averaging-note").inner_text()
+    shoot(page, "14-ladder-measured")
+    page.get_by_role("button", name="Width, context, seed").click()
+    set_number(page, "ladder-iters", 80)
+    set_number(page, "ladder-width", 32)
+    set_number(page, "ladder-context", 32)
+    page.locator("#ladder-run").click()
+    page.wait_for_selector("#ladder-status >> text=Live run in this session")
+    page.wait_for_selector("#ladder-status >> text=of 8 (LayerNorm)", timeout=300_000)  # rung 7: six bars drawn
+    time.sleep(1.5)
+    page.locator("#ladder-curves").scroll_into_view_if_needed()
+    shoot(page, "15a-ladder-running")
+    page.wait_for_selector("#ladder-status >> text=finished after 8 of 8 rungs", timeout=600_000)
+    time.sleep(1.0)  # the last figures render
+    assert page.locator("#ladder-samples .mg-card").count() == 8
+    page.evaluate("window.scrollTo(0, 0)")
+    shoot(page, "15-ladder-live", full=True)
+    page.locator("#averaging-attention").scroll_into_view_if_needed()
+    shoot(page, "16-averaging-attention")
+
+
 def test_adamw_then_muon_overlay_their_val_curves(page):
     """Train with AdamW, switch the knob to Muon, Start again: the badge names each optimizer in turn,
-    and 14-adamw-vs-muon.png shows the AdamW run's validation curve beside the Muon run's."""
+    and 17-adamw-vs-muon.png shows the AdamW run's validation curve beside the Muon run's."""
     page.get_by_role("tab", name="Train").click()
     for elem_id, value in (("n-embd", 32), ("n-head", 4), ("n-layer", 2), ("block-size", 32), ("eval-interval", 10)):
         set_number(page, elem_id, value)
@@ -193,4 +262,4 @@ def test_adamw_then_muon_overlay_their_val_curves(page):
     # The legend always names both ghost series (see minigpt/plots.py), so it proves nothing: the line
     # itself is drawn on a canvas. The data is asserted in test_app.py; this picture is for a person.
     page.locator("#loss-plot").scroll_into_view_if_needed()
-    page.locator("#loss-plot").screenshot(path=str(SHOTS / "14-adamw-vs-muon.png"))
+    page.locator("#loss-plot").screenshot(path=str(SHOTS / "17-adamw-vs-muon.png"))

@@ -54,6 +54,39 @@ def test_spec_refuses_impossible_shapes_with_a_clear_message():
     assert cfg.max_iters == 200 and cfg.max_seconds == limits.max_train_seconds
 
 
+def test_spec_carries_the_switches_into_the_model_config():
+    limits = Limits()
+    assert TrainSpec().model_config(65, limits) == GPTConfig(vocab_size=65)  # the knobs' defaults: the standard GPT
+    cfg = TrainSpec(norm="batch", residual=False, mlp=False, pos_emb=False).model_config(65, limits)
+    assert (cfg.norm, cfg.residual, cfg.mlp, cfg.pos_emb, cfg.activation) == ("batch", False, False, False, "gelu")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        TrainSpec(norm="group").model_config(65, limits)
+    with pytest.raises(ValueError, match="needs the MLP"):
+        TrainSpec(mlp=False, activation="relu").model_config(65, limits)
+
+
+def test_the_estimate_follows_the_switches(pg, small_text):
+    from minigpt.model import estimate_params
+    standard = pg.estimate(tiny_spec(small_text))
+    for switches in (dict(mlp=False), dict(norm="none"), dict(pos_emb=False)):
+        est = pg.estimate(tiny_spec(small_text, **switches))
+        cfg = tiny_spec(small_text, **switches).model_config(est.vocab_size, Limits())
+        assert est.params == estimate_params(cfg) < standard.params, switches
+        assert est.memory_mb < standard.memory_mb and est.step_ms <= standard.step_ms, switches
+    assert pg.estimate(tiny_spec(small_text, mlp=False)).step_ms < standard.step_ms  # two thirds of the FLOPs gone
+
+
+def test_continue_keeps_the_switches_and_says_so(pg, small_text):
+    s = pg.session("a")
+    views = list(s.train(tiny_spec(small_text, norm="rms", activation="tanh")))
+    assert views[-1].state == "done" and s.info()["architecture"] == "RMSNorm, tanh MLP"
+    assert [r["iter"] for r in views[-1].layers] == [10, 20, 30]
+    views = list(s.train(tiny_spec(small_text, amount=10), resume=True))  # the knobs now say standard GPT
+    assert "keeps this model's architecture (RMSNorm, tanh MLP)" in views[-1].message
+    assert s.current().model.config.norm == "rms" and views[-1].card["architecture"] == "RMSNorm, tanh MLP"
+    assert [r["iter"] for r in views[-1].layers][-2:] == [30, 40]
+
+
 def test_estimate_reports_size_memory_and_time_or_the_error(pg, small_text):
     est = pg.estimate(tiny_spec(small_text))
     assert est.ok and est.params > 0 and est.memory_mb > 0 and est.step_ms > 0 and est.iters == 30
@@ -418,12 +451,11 @@ def test_a_new_run_keeps_the_previous_runs_val_curve_named_by_its_optimizer(pg, 
 
 
 def test_ghost_curve_is_thinned_once_and_keeps_its_end():
-    from minigpt.train import Eval
     from minigpt.training_view import GHOST_POINTS, ghost_curve
-    history = [Eval(iter=i, train_loss=2.0, val_loss=3.0 - i / 1e4, elapsed=0.0) for i in range(0, 5000, 5)]
-    curve = ghost_curve(history)
+    evals = [(i, 2.0, 3.0 - i / 1e4) for i in range(0, 5000, 5)]
+    curve = ghost_curve(evals)
     assert len(curve) <= GHOST_POINTS + 1 and curve[0] == (0, 3.0) and curve[-1] == (4995, 3.0 - 4995 / 1e4)
-    assert ghost_curve([]) == () and ghost_curve(history[:3]) == tuple((e.iter, e.val_loss) for e in history[:3])
+    assert ghost_curve([]) == () and ghost_curve(evals[:3]) == tuple((it, val) for it, _, val in evals[:3])
 
 
 def test_spec_takes_the_optimizer_and_refuses_bad_ones_naming_the_knob():

@@ -5,8 +5,10 @@ Call `build_concepts_tab()` inside an open `gr.Blocks()` (usually inside `gr.Tab
 Each experiment gets a sub-tab with its knobs, a Run button, the figures with what to look for
 under each, and the numbers. Handlers call minigpt/experiments/ for the numbers and
 minigpt/experiment_plots.py for the figures; ranges and defaults come from the knobs there.
+The gradient and norm experiments end with a button that sets the Train tab up to show the same
+idea in a real GPT (minigpt/ui/architecture.py; layout.py wires it across the tabs).
 API endpoints: /softmax_scaling, /gradient_flow, /norm_compare. May import gradio, minigpt's core
-and minigpt.ui.inputs.
+and minigpt.ui.inputs / architecture.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import gradio as gr
 
 from minigpt import experiment_plots as P
 from minigpt import experiments as E
+from .architecture import try_button
 from .inputs import CheckboxGroup, Dropdown, Number, Slider
 
 EVENT = dict(show_progress="minimal", trigger_mode="always_last", concurrency_limit=2, concurrency_id="concepts")
@@ -64,12 +67,15 @@ def _seed():
     return Number(E.SEED.default, label="seed", precision=0, minimum=E.SEED.lo, maximum=E.SEED.hi)
 
 
-def _figures(kind: str, numbers_open: bool = False, code=()):
-    """A plot and its explanation per figure, optional source code, then the numbers; returns the outputs."""
+def _figures(kind: str, numbers_open: bool = False, code=(), links: dict | None = None):
+    """A plot and its explanation per figure, optional source code, then the numbers; returns the outputs.
+    With `links`, the first figure is followed by its "try it in a GPT" button, put in `links[kind]`."""
     outputs = []
-    for key, _ in P.FIGURES[kind]:
+    for i, (key, _) in enumerate(P.FIGURES[kind]):
         outputs.append(gr.Plot(show_label=False, elem_id=f"concepts-{key}"))
         gr.Markdown(E.EXPLANATIONS[key], elem_classes="mg-explain")
+        if i == 0 and links is not None:
+            links[kind] = try_button(kind)
     if code:
         with gr.Accordion("The formulas by hand (compared with torch.nn in the numbers below)", open=False):
             gr.Code("\n\n".join(inspect.getsource(f) for f in code), language="python", interactive=False)
@@ -91,12 +97,14 @@ def _wire(knobs: list, run_btn, extra_triggers: list, fn, outputs, api_name: str
     gr.on(triggers, fn, knobs, outputs, api_name=api_name, **EVENT)
 
 
-def build_concepts_tab():
+def build_concepts_tab() -> dict:
+    """Lay out the three experiments; returns the "try it in the Train tab" buttons by experiment."""
     # The first sub-tab draws itself when its parent tab opens (or, standalone, when the page loads);
     # the others when they are selected, so opening the app costs nothing.
     parent = gr.context.Context.block
     first_show = parent.select if isinstance(parent, gr.Tab) else gr.context.Context.root_block.load
     S, G, N = E.SOFTMAX_KNOBS, E.GRADIENT_KNOBS, E.NORM_KNOBS
+    links = {}  # experiment -> its "try it in a GPT" button
     with gr.Tabs():
         with gr.Tab("Softmax and √d", id="concepts-softmax"):  # selected by default: first_show draws it
             gr.Markdown("Why attention computes softmax(q·k / √d): draw random queries and keys with "
@@ -139,7 +147,7 @@ def build_concepts_tab():
                     seed = _seed()
                     run = gr.Button("Run", variant="primary")
                 with gr.Column(scale=3):
-                    outputs = _figures("gradients")
+                    outputs = _figures("gradients", links=links)
             _wire([depth, width, activations, init, residual, layernorm, explode_gain, max_norm, lr, sgd_steps, seed],
                   run, [grad_tab.select], gradient_flow, outputs, "gradient_flow")
 
@@ -158,12 +166,12 @@ def build_concepts_tab():
                     run = gr.Button("Run", variant="primary")
                 with gr.Column(scale=3):
                     outputs = _figures("norms", numbers_open=True,
-                                       code=(E.layer_norm_manual, E.batch_norm_manual))
+                                       code=(E.layer_norm_manual, E.batch_norm_manual), links=links)
             _wire([batch, features, shift, scale, feature_spread, bn_updates, seed], run, [norm_tab.select],
                   norm_compare, outputs, "norm_compare")
+    return links
 
 
 def build(page, tab: gr.Tab) -> dict:
-    """The page's Concepts tab (its sub-tabs draw themselves when opened)."""
-    build_concepts_tab()
-    return {}
+    """The page's Concepts tab (its sub-tabs draw themselves when opened); returns its "try" buttons."""
+    return {"try": build_concepts_tab()}

@@ -76,3 +76,12 @@ class CheckboxGroup(gr.CheckboxGroup):
         if not isinstance(payload, list):
             raise gr.Error(f"{_name(self)} must be a list of choices, got {payload!r}")
         return _choices(self, payload, super().preprocess)
+
+
+class Checkbox(gr.Checkbox):
+    is_template = True
+
+    def preprocess(self, payload):
+        if not isinstance(payload, bool):  # Gradio would take any truthy value, "no" included
+            raise gr.Error(f"{_name(self)} must be true or false, got {payload!r}")
+        return super().preprocess(payload)

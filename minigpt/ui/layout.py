@@ -15,7 +15,8 @@ import torch
 from minigpt import __version__, plots
 from minigpt.device import pick_precision
 
-from . import attention_tab, checkpoints_tab, concepts_tab, generate_tab, tokenizer_tab, train_tab
+from . import (architecture, attention_tab, checkpoints_tab, concepts_tab, generate_tab, ladder_tab, tokenizer_tab,
+               train_tab)
 from .common import LIMITS, PLAYGROUND, Page, save_dir, session_of
 from .theme import CSS, theme
 
@@ -26,6 +27,7 @@ TABS = [  # (label, id, module): each module's build(page, tab) lays out and wir
     ("Tokenizer", "tokenizer", tokenizer_tab),
     ("Checkpoints", "checkpoints", checkpoints_tab),
     ("Concepts", "concepts", concepts_tab),
+    ("Build it up", "ladder", ladder_tab),
 ]
 
 
@@ -58,10 +60,12 @@ def build_ui() -> gr.Blocks:
                     f"look inside attention · {device_line()}</span>", elem_classes="mg-header")
         badge = gr.HTML('<div class="mg-model">Loading the shipped model…</div>', elem_id="model-badge")
         page = Page(demo=demo, badge=badge)
-        with gr.Tabs():
+        built = {}
+        with gr.Tabs() as tabs:
             for label, tab_id, module in TABS:
                 with gr.Tab(label, id=tab_id) as tab:
-                    module.build(page, tab)
+                    built[tab_id] = module.build(page, tab)
+        architecture.link_concepts(tabs, built["concepts"]["try"], built["train"]["arch_targets"])
         demo.load(on_load, None, badge, api_name="on_load", api_visibility="private")
         demo.unload(on_unload)
     demo.queue(default_concurrency_limit=4, max_size=64)

@@ -1,16 +1,18 @@
 """The page's look: a Gradio theme with local fonts (nothing fetched: works offline) and the CSS.
 
-May import gradio and minigpt.plots (which holds the CSS its HTML views use).
+May import gradio and minigpt.plots / ladder_html (which hold the CSS their HTML views use).
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from minigpt.plots import CSS
+from minigpt import ladder_html, plots
 
 SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "DejaVu Sans Mono", "monospace"]
+
+CSS = plots.CSS + ladder_html.CSS
 
 __all__ = ["CSS", "theme"]
 

@@ -1,9 +1,10 @@
 """The Train tab: data, tokenizer, model and its knobs, presets, the live estimate; Start, Stop,
 Continue, Reset and Save; the streamed loss curves, status, samples and run card.
 
+The Architecture group and the per-block plots are built in minigpt/ui/architecture.py.
 Endpoints: /estimate, /train, /continue_training, /stop, /reset, /save. Every knob has a
 default (the page's value), so each can be called with no arguments. May import gradio,
-minigpt's core and minigpt.ui.common / inputs / checkpoints_tab.
+minigpt's core and minigpt.ui.common / inputs / checkpoints_tab / architecture.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from minigpt.train import TrainConfig
 from minigpt.train_spec import SHAKESPEARE, TrainSpec, read_text_file
 from minigpt.training_view import TrainView
 
+from .architecture import LayerFigures, build_layer_plots, build_switches, layer_figures, standard
 from .checkpoints_tab import save, show_file
 from .common import LIMITS, PLAYGROUND, Page, session_of, user_errors
 from .inputs import Dropdown, Number, Radio, Slider
@@ -53,7 +55,8 @@ Validation rising while train falls is overfitting: add dropout, shrink the mode
 # ---- handlers ------------------------------------------------------------------------------------
 
 def spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size, lr,
-            budget, amount, eval_interval, seed, optimizer=D.optimizer, muon_lr=D.muon_lr) -> TrainSpec:
+            budget, amount, eval_interval, seed, norm=D.norm, residual=D.residual, mlp=D.mlp, pos_emb=D.pos_emb,
+            activation=D.activation, optimizer=D.optimizer, muon_lr=D.muon_lr) -> TrainSpec:
     if data == "upload":
         if not upload:
             raise ValueError("upload a UTF-8 .txt file first (or choose Tiny Shakespeare)")
@@ -65,27 +68,34 @@ def spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block
     return TrainSpec(data=data, text=text or "", tokenizer=tokenizer, model=model, n_embd=n_embd, n_head=n_head,
                      n_layer=n_layer, block_size=block_size, dropout=dropout, batch_size=batch_size,
                      lr=lr if lr is not None else 0.0, budget=budget, amount=amount if amount is not None else 0,
-                     eval_interval=eval_interval, seed=seed if seed is not None else 0, optimizer=optimizer,
+                     eval_interval=eval_interval, seed=seed if seed is not None else 0, norm=norm, residual=residual,
+                     mlp=mlp, pos_emb=pos_emb, activation=activation, optimizer=optimizer,
                      muon_lr=muon_lr if muon_lr is not None else 0.0)
 
 
-def train_outputs(view, s):
+def train_outputs(view, s, layers=layer_figures):
+    """The outputs of every Train-tab action; `layers(view)` draws (or skips) the two per-block plots."""
     sample = f"— sample at iteration {view.sample_iter} —\n{view.sample}" if view.sample else ""
     card = view.card or (s.current().card if s.owned is not None else {})
+    info = s.info()
+    if view.state == "done":  # the run's last view: its wrap-up may still be going, but the model is final
+        info["training_now"] = False
     return (plots.loss_frame(view.steps, view.evals, view.ghost, view.ghost_optimizer), plots.status_html(view),
             sample, card,
-            plots.model_html(s.info()))
+            plots.model_html(info), *layers(view))
 
 
 @user_errors
 def estimate(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model=D.model, n_embd=D.n_embd,
              n_head=D.n_head, n_layer=D.n_layer, block_size=D.block_size, dropout=D.dropout,
              batch_size=D.batch_size, lr=D.lr, budget=D.budget, amount=D.amount, eval_interval=D.eval_interval,
-             seed=D.seed, optimizer=D.optimizer, muon_lr=D.muon_lr):
+             seed=D.seed, norm=D.norm, residual=D.residual, mlp=D.mlp, pos_emb=D.pos_emb, activation=D.activation,
+             optimizer=D.optimizer, muon_lr=D.muon_lr):
     """Parameters, memory and time of the knobs' settings, or why they cannot work (Start is disabled then)."""
     try:
         spec = spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout,
-                       batch_size, lr, budget, amount, eval_interval, seed, optimizer, muon_lr)
+                       batch_size, lr, budget, amount, eval_interval, seed, norm, residual, mlp, pos_emb, activation,
+                       optimizer, muon_lr)
         est = PLAYGROUND.estimate(spec)
     except ValueError as e:
         est = Estimate(ok=False, error=str(e))
@@ -95,12 +105,13 @@ def estimate(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model
 @user_errors
 def train(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model=D.model, n_embd=D.n_embd,
           n_head=D.n_head, n_layer=D.n_layer, block_size=D.block_size, dropout=D.dropout, batch_size=D.batch_size,
-          lr=D.lr, budget=D.budget, amount=D.amount, eval_interval=D.eval_interval, seed=D.seed,
-          optimizer=D.optimizer, muon_lr=D.muon_lr, request: gr.Request = None, progress=gr.Progress()):
+          lr=D.lr, budget=D.budget, amount=D.amount, eval_interval=D.eval_interval, seed=D.seed, norm=D.norm,
+          residual=D.residual, mlp=D.mlp, pos_emb=D.pos_emb, activation=D.activation, optimizer=D.optimizer,
+          muon_lr=D.muon_lr, request: gr.Request = None, progress=gr.Progress()):
     """Train a fresh model in this session, streaming the loss curves, progress and samples."""
     s = session_of(request)
     spec = spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size,
-                   lr, budget, amount, eval_interval, seed, optimizer, muon_lr)
+                   lr, budget, amount, eval_interval, seed, norm, residual, mlp, pos_emb, activation, optimizer, muon_lr)
     yield from _stream(s, s.train(spec), progress)
 
 
@@ -108,19 +119,22 @@ def train(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model=D.
 def continue_training(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model=D.model, n_embd=D.n_embd,
                       n_head=D.n_head, n_layer=D.n_layer, block_size=D.block_size, dropout=D.dropout,
                       batch_size=D.batch_size, lr=D.lr, budget=D.budget, amount=D.amount,
-                      eval_interval=D.eval_interval, seed=D.seed, optimizer=D.optimizer, muon_lr=D.muon_lr,
+                      eval_interval=D.eval_interval, seed=D.seed, norm=D.norm, residual=D.residual, mlp=D.mlp,
+                      pos_emb=D.pos_emb, activation=D.activation, optimizer=D.optimizer, muon_lr=D.muon_lr,
                       request: gr.Request = None, progress=gr.Progress()):
-    """Resume this session's run (or fine-tune a copy of the loaded model) with the budget and learning rate."""
+    """Resume this session's run (or fine-tune a copy of the loaded model) with the budget and learning rate;
+    the model keeps its shape and architecture switches."""
     s = session_of(request)
     spec = spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size,
-                   lr, budget, amount, eval_interval, seed, optimizer, muon_lr)
+                   lr, budget, amount, eval_interval, seed, norm, residual, mlp, pos_emb, activation, optimizer, muon_lr)
     yield from _stream(s, s.train(spec, resume=True), progress)
 
 
 def _stream(s, views, progress):
+    layers = LayerFigures()
     for view in views:
         progress(view.progress, desc=f"iteration {view.iter}")
-        yield train_outputs(view, s)
+        yield train_outputs(view, s, layers)
 
 
 @user_errors
@@ -129,7 +143,7 @@ def stop(request: gr.Request = None):
     once measured, the full-validation loss as a second update."""
     s = session_of(request)
     first = s.stop_soon()
-    yield train_outputs(first, s)
+    yield train_outputs(first, s, layers=lambda view: (gr.skip(), gr.skip()))  # at once: the plots come next
     if first.state in ("stopped", "stopping"):
         yield train_outputs(s.stop(wait=120.0), s)
 
@@ -194,6 +208,7 @@ def build(page: Page, tab: gr.Tab) -> dict:
                 muon_lr = Number(D.muon_lr, label="Muon learning rate", minimum=1e-6, maximum=10.0, step=1e-3,
                                  elem_id="muon-lr")
             gr.Markdown(MUON_NOTE)
+            arch_group, switches = build_switches()
             gr.Markdown(f"<span class='mg-muted'>Limits here: ≤ {LIMITS.max_params / 1e6:g} M parameters, "
                         f"≤ {LIMITS.max_train_seconds:g} s a run, {LIMITS.max_training_jobs} training job(s) at "
                         f"once; set with the MINIGPT_MAX_* variables (see below).</span>")
@@ -212,6 +227,7 @@ def build(page: Page, tab: gr.Tab) -> dict:
             loss_plot = gr.LinePlot(None, x="step", y="loss", color="series",
                                     color_map=plots.LOSS_COLOURS, x_title="iteration", y_title="loss",
                                     show_label=False, height=300, elem_id="loss-plot", buttons=["fullscreen", "export"])
+            layer_plots = build_layer_plots()
             sample = gr.Textbox(label="Latest sample (temperature 0.8)", lines=7, max_lines=12, interactive=False,
                                 elem_id="train-sample")
             with gr.Accordion("What to expect", open=True):
@@ -219,9 +235,9 @@ def build(page: Page, tab: gr.Tab) -> dict:
             with gr.Accordion("Run card (stored in the checkpoint: enough to repeat the run)", open=False):
                 card = gr.JSON(label="Run card")
     knobs = [data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size, lr,
-             budget, amount, eval_interval, seed, optimizer, muon_lr]
+             budget, amount, eval_interval, seed, *switches.values(), optimizer, muon_lr]
     shape = [n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model, optimizer]
-    outputs = [loss_plot, status, sample, card, page.badge]
+    outputs = [loss_plot, status, sample, card, page.badge, *layer_plots]
 
     gr.on([x.change for x in knobs], estimate, knobs, [estimate_box, start_btn],
           api_name="estimate", queue=False, show_progress="hidden")
@@ -229,6 +245,8 @@ def build(page: Page, tab: gr.Tab) -> dict:
                    api_visibility="private", queue=False)
     data.change(choose_data, data, [text, upload], api_visibility="private", queue=False)
     preset.input(apply_preset, preset, shape, api_visibility="private", queue=False)
+    # A preset is a standard GPT (and the bigram preset could not take switches at all).
+    preset.input(standard, None, list(switches.values()), api_visibility="private", queue=False)
     jobs = dict(concurrency_limit=LIMITS.max_training_jobs, concurrency_id="train", show_progress="hidden")
     train_ev = start_btn.click(train, knobs, outputs, api_name="train", **jobs)
     cont_ev = continue_btn.click(continue_training, knobs, outputs, api_name="continue_training", **jobs)
@@ -239,4 +257,6 @@ def build(page: Page, tab: gr.Tab) -> dict:
     reset_btn.click(reset, None, outputs, api_name="reset", concurrency_limit=None)
     save_btn.click(save, None, saved, api_name="save", concurrency_limit=4, concurrency_id="infer").success(
         show_file, None, saved, api_visibility="private", queue=False)
-    return dict(knobs=knobs, start=start_btn, stop=stop_btn, status=status, plot=loss_plot)
+    return dict(knobs=knobs, start=start_btn, stop=stop_btn, status=status, plot=loss_plot,
+                arch_targets=dict(accordion=arch_group, model=model, n_layer=n_layer, eval_interval=eval_interval,
+                                  **switches))
