@@ -40,8 +40,25 @@ def train_flops_per_token(cfg: GPTConfig) -> float:
     return 6.0 * params + 12.0 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
-def train_memory_bytes(cfg: GPTConfig, batch_size: int) -> float:
-    """Weights, gradients and two AdamW moments (16 bytes a parameter) plus fp32 activations."""
+def muon_params(cfg: GPTConfig) -> int:
+    """Parameters Muon trains (minigpt/optim.py's `muon_split`): the 2-D weights inside the blocks,
+    c_attn (3C×C) and the attention's c_proj (C×C), plus the MLP's c_fc and c_proj (4C×C each)."""
+    if cfg.model == "bigram":
+        return 0
+    C = cfg.n_embd
+    return cfg.n_layer * (4 * C * C + (8 * C * C if cfg.mlp else 0))
+
+
+def optimizer_bytes(cfg: GPTConfig, optimizer: str = "adamw") -> float:
+    """fp32 optimizer state: AdamW keeps two moments a parameter (8 bytes); Muon one momentum buffer
+    (4 bytes) for each matrix it trains, and AdamW's two moments for the rest."""
+    p = estimate_params(cfg)
+    m = muon_params(cfg) if optimizer == "muon" else 0
+    return 8.0 * (p - m) + 4.0 * m
+
+
+def train_memory_bytes(cfg: GPTConfig, batch_size: int, optimizer: str = "adamw") -> float:
+    """Weights and gradients (8 bytes a parameter), the optimizer's state, plus fp32 activations."""
     p = estimate_params(cfg)
     B, T, V = batch_size, cfg.block_size, cfg.vocab_size
     if cfg.model == "bigram":
@@ -52,7 +69,7 @@ def train_memory_bytes(cfg: GPTConfig, batch_size: int) -> float:
         norms = (2 if cfg.mlp else 1) * (2 if cfg.norm != "none" else 0)
         per_layer = (11 + (19 if cfg.mlp else 0) + norms) * cfg.n_embd + 5 * cfg.n_head * T
         acts = B * T * (cfg.n_layer * per_layer + 3 * V) * 4
-    return 16.0 * p + acts
+    return 8.0 * p + optimizer_bytes(cfg, optimizer) + acts
 
 
 class SpeedModel:
@@ -96,8 +113,10 @@ def estimate(spec: TrainSpec, vocab_size: int, limits: Limits, speed: SpeedModel
         notes.append(f"stops at the time limit of {limits.max_train_seconds:g} s (MINIGPT_MAX_TRAIN_SECONDS)")
     if cfg.model == "bigram":
         notes.append("the bigram model ignores the shape knobs: it is one vocab × vocab table")
+        if tcfg.optimizer == "muon":
+            notes.append("it has no blocks, so no matrices for Muon: AdamW trains it")
     return Estimate(ok=True, params=estimate_params(cfg), vocab_size=vocab_size,
-                    memory_mb=train_memory_bytes(cfg, tcfg.batch_size) / 2**20, step_ms=step * 1000,
+                    memory_mb=train_memory_bytes(cfg, tcfg.batch_size, tcfg.optimizer) / 2**20, step_ms=step * 1000,
                     iters=iters, seconds=seconds, notes=notes)
 
 

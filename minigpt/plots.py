@@ -11,7 +11,11 @@ import html
 import math
 
 BLUE, ORANGE, GREY, INK = "#4f46e5", "#f97316", "#d4d4d8", "#27272a"
-LOSS_COLOURS = {"train (batch)": "#93c5fd", "train": "#1d4ed8", "val": "#ea580c"}
+OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon"}
+# The previous run's validation curve, named by its optimizer: every name is known up front because the
+# chart fixes its colours (and which series it draws) from the first data it gets.
+GHOST_COLOURS = {f"previous run: {name}, val": colour for name, colour in (("AdamW", "#a1a1aa"), ("Muon", "#c4b5fd"))}
+LOSS_COLOURS = {"train (batch)": "#93c5fd", "train": "#1d4ed8", "val": "#ea580c", **GHOST_COLOURS}
 TEMP_COLOURS = {0.5: "#1e3a8a", 1.0: "#6366f1", 2.0: "#c4b5fd"}
 CHUNK_COLOURS = ("#dbeafe", "#fce7f3", "#dcfce7", "#fef3c7", "#ede9fe", "#ffedd5")
 
@@ -41,8 +45,13 @@ def fmt_count(n: float) -> str:
 
 # ---- training -------------------------------------------------------------------------------------
 
-def loss_frame(steps, evals):
-    """Long-form DataFrame (step, loss, series) for gr.LinePlot: batch losses and the eval estimates.
+def ghost_series(optimizer: str) -> str:
+    return f"previous run: {OPTIMIZER_NAMES.get(optimizer, optimizer)}, val"
+
+
+def loss_frame(steps, evals, ghost=(), ghost_optimizer: str = ""):
+    """Long-form DataFrame (step, loss, series) for gr.LinePlot: batch losses and the eval estimates,
+    and `ghost`, the previous run's (iter, val) curve, named by its optimizer.
 
     None when there is nothing yet. Every series is always present (a NaN row until it has data):
     the chart fixes its colour legend from the first data it gets, so a series added later would
@@ -53,6 +62,9 @@ def loss_frame(steps, evals):
     for it, train, val in evals:
         rows.append((it, train, "train"))
         rows.append((it, val, "val"))
+    if ghost:
+        name = ghost_series(ghost_optimizer)
+        rows += [(it, val, name) for it, val in ghost]
     if not rows:
         return None
     first = rows[0][0]
@@ -341,9 +353,17 @@ def model_html(info: dict) -> str:
     arch = info.get("architecture", "standard GPT")
     if c["model"] == "gpt" and arch != "standard GPT":  # name every switch that differs from the standard GPT
         shape += f" · {arch}"
+    opt = trained_with(info["training"])
+    opt = f" · trained with {html.escape(opt)}" if opt else ""
     return (f'<div class="mg-model">Current model: <b>{html.escape(info["source"])}</b> · {html.escape(shape)} · '
             f'{fmt_count(info["params"])} parameters · {html.escape(info["tokenizer"])} tokenizer '
-            f'({info["vocab_size"]:,} tokens){val} · {html.escape(info["device"])}{busy}</div>')
+            f'({info["vocab_size"]:,} tokens){val}{opt} · {html.escape(info["device"])}{busy}</div>')
+
+
+def trained_with(card: dict) -> str:
+    """The optimizer a run card says trained the model ("Muon", "AdamW"), or "" when it does not say."""
+    kind = card.get("optimizer") or (card.get("train_config") or {}).get("optimizer")
+    return OPTIMIZER_NAMES.get(kind, str(kind)) if kind else ""
 
 
 def model_markdown(info: dict) -> str:
@@ -361,7 +381,10 @@ def model_markdown(info: dict) -> str:
         tc = t.get("train_config") or {}
         rows += [("trained", f"{t.get('iters', '?')} iterations in {t.get('seconds', '?')} s on {t.get('device', '?')} "
                              f"({t.get('dtype', '?')}), data {t.get('data', '?')}"),
-                 ("settings", f"seed {t.get('seed')}, batch {tc.get('batch_size', '?')}, lr {tc.get('lr', '?')}"),
+                 ("settings", f"seed {t.get('seed')}, batch {tc.get('batch_size', '?')}, lr {tc.get('lr', '?')}"
+                              + (f", optimizer {trained_with(t)}" if trained_with(t) else "")
+                              + (f" (Muon lr {tc['muon_lr']})" if tc.get("optimizer") == "muon" and "muon_lr" in tc
+                                 else "")),
                  ("full validation loss", f"**{val:.4f}**" if isinstance(val, (int, float)) else "n/a"),
                  ("versions", f"torch {t.get('torch_version', '?')}, minigpt {t.get('minigpt_version', '?')}")]
     if info.get("training_now"):

@@ -34,7 +34,7 @@ from .model import GPT, arch_summary
 from .sampling import SamplingConfig
 from .train import Done, Run
 from .train_spec import SHAKESPEARE, TrainSpec, check_length
-from .training_view import LEFT_QUEUE, LiveTraining, StopFlag, Thinned, TrainView, layer_records, waiting_views
+from .training_view import LEFT_QUEUE, LiveTraining, StopFlag, Thinned, TrainView, ghost_of, layer_records, waiting_views
 from .views import attention_weights, comparison_view, next_token_at, one_thread
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class Session:
             self.version += 1
             view = TrainView(state="training", iter=run.iters, start_iter=run.iters,
                              evals=[(e.iter, e.train_loss, e.val_loss) for e in run.history],
-                             layers=layer_records(run.history),
+                             layers=layer_records(run.history), **ghost_of(self.view, resume),
                              sample=self.view.sample if resume else "",
                              message=spec.shape_note(run.model.config) if run.iters else "")
             steps = Thinned()

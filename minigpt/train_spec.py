@@ -1,7 +1,7 @@
 """The Train tab's form as plain data: `TrainSpec` (what the knobs say) and an uploaded training text.
 
 `TrainSpec.model_config` / `train_config` turn the knobs into validated configs, or raise a
-ValueError naming the knob. Core module: imports the model, train, data and limits modules only
+ValueError naming the knob. Core module: imports the model, optim, train, data and limits modules only
 (never gradio or matplotlib).
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from .data import DataError, decode_text
 from .limits import Limits, check_float, check_int
 from .model import SWITCHES, GPTConfig, arch_summary
+from .optim import OPTIMIZERS
 from .train import TrainConfig
 
 SHAKESPEARE = "shakespeare"
@@ -43,6 +44,8 @@ class TrainSpec:
     mlp: bool = True            # the feed-forward sublayer of each block
     pos_emb: bool = True        # learned position embeddings
     activation: str = "gelu"    # the MLP's nonlinearity: gelu | relu | sigmoid | tanh
+    optimizer: str = TrainConfig.optimizer  # muon (the blocks' matrices; AdamW for the rest) | adamw
+    muon_lr: float = TrainConfig.muon_lr    # Muon's peak learning rate (lr stays AdamW's)
 
     def model_config(self, vocab_size: int, limits: Limits) -> GPTConfig:
         if self.model not in ("gpt", "bigram"):
@@ -76,6 +79,8 @@ class TrainSpec:
     def train_config(self, limits: Limits) -> TrainConfig:
         if self.budget not in ("seconds", "iterations"):
             raise ValueError(f"budget must be seconds or iterations, got {self.budget!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.budget == "seconds":
             secs = check_float("seconds", self.amount, 0.0, limits.max_train_seconds, lo_open=True)
             iters = limits.max_iters  # the schedule follows the clock
@@ -84,6 +89,8 @@ class TrainSpec:
             secs = limits.max_train_seconds  # the time limit holds for every run
         cfg = TrainConfig(batch_size=check_int("batch size", self.batch_size, 1, limits.max_batch),
                           lr=check_float("learning rate", self.lr, 0.0, 1.0, lo_open=True),
+                          optimizer=self.optimizer,
+                          muon_lr=check_float("Muon learning rate", self.muon_lr, 0.0, 10.0, lo_open=True),
                           max_iters=iters, max_seconds=secs,
                           eval_interval=check_int("eval interval", self.eval_interval, 1, limits.max_iters),
                           warmup_iters=min(50, max(iters // 10, 1)),

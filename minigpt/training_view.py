@@ -29,6 +29,20 @@ LEFT_QUEUE = "Left the training queue before its turn: nothing was trained, the 
 TRAIN_NICE = 5
 
 
+GHOST_POINTS = 200
+
+
+def ghost_curve(evals) -> tuple:
+    """A finished run's validation curve from its (iter, train, val) estimates: (iter, val) pairs, at most
+    about GHOST_POINTS."""
+    points = [(it, val) for it, _, val in evals if val is not None and val == val]
+    stride = -(-len(points) // GHOST_POINTS) if points else 1
+    thinned = points[::stride]
+    if points and thinned[-1] != points[-1]:
+        thinned.append(points[-1])  # keep where it ended
+    return tuple(thinned)
+
+
 LAYER_HISTORY = 7  # evaluations of per-block diagnostics a view keeps (the latest and the ones drawn behind it)
 LAYER_KEYS = ("layer_grad_norms", "layer_act_std", "layer_attn_entropy")
 
@@ -83,6 +97,20 @@ class TrainView:
     message: str = ""
     final_val_loss: float | None = None
     card: dict = field(default_factory=dict)
+    # The session's previous run, to compare against: its (iter, val estimate) points, thinned once to at
+    # most GHOST_POINTS (a tuple: snapshots share it, never copy it), and the optimizer that trained it.
+    ghost: tuple = ()
+    ghost_optimizer: str = ""
+
+
+def ghost_of(previous: TrainView, resume: bool) -> dict:
+    """The ghost fields of a new run's first view: a continued run keeps its ghost; a fresh one gets the
+    validation curve and optimizer of the session's previous run (its last view), so the loss plot can
+    overlay AdamW and Muon; none when there was no run (or its card does not name the optimizer)."""
+    if resume:
+        return dict(ghost=previous.ghost, ghost_optimizer=previous.ghost_optimizer)
+    optimizer = previous.card.get("optimizer") or ""
+    return dict(ghost=ghost_curve(previous.evals) if optimizer else (), ghost_optimizer=optimizer)
 
 
 class StopFlag(threading.Event):

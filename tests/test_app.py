@@ -328,6 +328,8 @@ def test_training_with_switches_names_them_and_plots_each_block(server, client):
     badge = client.predict(**{**TINY, "budget": "iterations", "amount": 10}, api_name="/train")[4]
     assert "trained in this session" in badge and "residual" not in badge and "Norm" not in badge
     client.predict(api_name="/reset")
+
+
 def test_cheap_calls_have_a_pool_of_their_own_and_never_wait_behind_decoding(server):
     app, url = server
     pools = {f.api_name: (f.concurrency_id, f.concurrency_limit) for f in app.demo.fns.values()}
@@ -352,3 +354,26 @@ def test_cheap_calls_have_a_pool_of_their_own_and_never_wait_behind_decoding(ser
     finally:
         for x in (*busy, c):
             x.close()
+
+
+def test_adamw_then_muon_overlays_the_previous_runs_val_curve(client):
+    """Train with AdamW, switch the knob, Start again: the plot keeps the AdamW run's validation curve,
+    labelled, beside the Muon run's; the run card and the badge say which optimizer trained the model."""
+    quick = {**TINY, "budget": "iterations", "amount": 30}
+    plot, _, _, card, badge, *_ = client.predict(**quick, optimizer="adamw", api_name="/train")
+    assert card["optimizer"] == "adamw" and "trained with AdamW" in badge
+    adamw_val = [(row[0], row[1]) for row in plot["data"] if row[2] == "val" and row[1] is not None]
+    assert len(adamw_val) == 3
+    plot, _, _, card, badge, *_ = client.predict(**quick, optimizer="muon", muon_lr=0.03, api_name="/train")
+    assert card["optimizer"] == "muon" and card["train_config"]["muon_lr"] == 0.03 and "trained with Muon" in badge
+    ghost = [(row[0], row[1]) for row in plot["data"] if row[2] == "previous run: AdamW, val" and row[1] is not None]
+    assert ghost == adamw_val
+    assert any(row[2] == "val" and row[1] is not None for row in plot["data"])
+
+
+def test_presets_set_the_optimizer_of_their_recipe():
+    from minigpt.train import TrainConfig
+    from minigpt.ui.train_tab import PRESETS, apply_preset
+    assert apply_preset("nanoGPT CPU recipe (val ≈ 1.88)")[-1] == "adamw"  # nanoGPT's recipe is AdamW's
+    assert apply_preset("Default: 4 layers × 128, 60 s")[-1] == TrainConfig().optimizer
+    assert all(len(v) == 11 for v in PRESETS.values())

@@ -23,7 +23,8 @@ from conftest import SMALL_TEXT
 
 TRAIN = dict(data="shakespeare", text="", upload=None, tokenizer="char", model="gpt", n_embd=32, n_head=2, n_layer=2,
              block_size=32, dropout=0.0, batch_size=16, lr=3e-3, budget="iterations", amount=20, eval_interval=10,
-             seed=1, norm="layer", residual=True, mlp=True, pos_emb=True, activation="gelu")
+             seed=1, norm="layer", residual=True, mlp=True, pos_emb=True, activation="gelu", optimizer="muon",
+             muon_lr=0.02)
 COMPARE = dict(prompt="ROMEO:", tokens=8, seed=3, strategies=["greedy", "multinomial"], low_t=0.5, high_t=2.0,
                top_k=10, top_p=0.9, colour=True, use_cache=True)
 GENERATE = dict(prompt="ROMEO:", tokens=8, strategy="temperature", temperature=0.8, top_k=0, top_p=1.0, seed=1,
@@ -90,6 +91,14 @@ API_CASES = [
     ("/continue_training", dict(residual="off"), "residual connections must be true or false"),
     ("/estimate", dict(mlp=False, activation="tanh"), "Cannot start.*needs the MLP"),
     ("/estimate", dict(model="bigram", residual=False), "Cannot start.*bigram model has no blocks"),
+    # The optimizer
+    ("/train", dict(optimizer="sgd"), "Optimizer must be one of 'muon', 'adamw'; got 'sgd'"),
+    ("/train", dict(optimizer=None), "[Oo]ptimizer must be one of"),
+    ("/train", dict(muon_lr=0), "Muon learning rate must be between"),
+    ("/train", dict(muon_lr=50), "Muon learning rate must be between"),
+    ("/train", dict(muon_lr="fast"), "Muon learning rate must be a number"),
+    ("/continue_training", dict(optimizer="lion"), "Optimizer must be one of"),
+    ("/continue_training", dict(muon_lr=-0.02), "Muon learning rate must be between"),
     ("/estimate", dict(n_embd=48, n_head=5), "Cannot start.*not divisible"),
     ("/estimate", dict(n_layer=24, n_embd=1536, n_head=16), "Cannot start.*over the limit"),
     # Generate and compare sampling
@@ -157,12 +166,20 @@ API_CASES = [
     ("/load_checkpoint", dict(file="FILE:dtype.safetensors"), "dtype"),
     ("/load_checkpoint", dict(file="FILE:extra.safetensors"), "unexpected tensors: backdoor"),
     ("/load_checkpoint", dict(file="FILE:vocab.safetensors"), "vocabulary"),
+    # Checkpoints whose optimizer state is damaged: refused whole, though the page never resumes from it
+    ("/load_checkpoint", dict(file="FILE:adamw-missing.safetensors"), "optimizer state is incomplete"),
+    ("/load_checkpoint", dict(file="FILE:muon-missing.safetensors"), "optimizer state is incomplete"),
+    ("/load_checkpoint", dict(file="FILE:muon-misfit.safetensors"), "does not fit the model"),
+    ("/load_checkpoint", dict(file="FILE:adamw-nan.safetensors"), "NaN"),
+    ("/load_checkpoint", dict(file="FILE:muon-mislabelled.safetensors"), "optimizer state"),
+    ("/load_checkpoint", dict(file="FILE:unknown-optimizer.safetensors"), "unknown optimizer"),
 ]
 
 # What a JSON client cannot send but a raw HTTP request can: NaN and infinities.
 RAW_CASES = [
     ("/train", dict(lr=float("nan")), "learning rate must be a finite number"),
     ("/train", dict(dropout=float("inf")), "dropout must be a finite number"),
+    ("/train", dict(muon_lr=float("nan")), "Muon learning rate must be a finite number"),
     ("/train", dict(n_embd=float("-inf")), "embedding size must be a finite number"),
     ("/compare_sampling", dict(high_t=float("nan")), "high T must be a finite number"),
     ("/generate", dict(temperature=float("nan")), "temperature must be a finite number"),
@@ -312,6 +329,25 @@ def test_api_refuses_bad_input_clearly(owner, files, endpoint, changes, message)
         assert re.search(message, text), text
         assert "Traceback" not in text and "upstream Gradio app has raised an exception" not in text
     still_serving(client, session, before)
+
+
+def test_a_damaged_optimizer_state_is_a_toast_and_continue_goes_on_with_the_current_model(app_server, files):
+    """Upload a checkpoint whose Muon state lacks a tensor: an error naming it (the page's toast), the
+    session keeps the model it trained, and Continue resumes that model, with the optimizer asked for."""
+    app, url = app_server
+    client = Client(url, verbose=False)
+    try:
+        client.predict(**{**TRAIN, "amount": 10}, api_name="/train")
+        session = app.PLAYGROUND.session(client.session_hash)
+        before = fingerprint(session)
+        with pytest.raises(AppError, match="optimizer state is incomplete"):
+            client.predict(handle_file(str(files / "muon-missing.safetensors")), api_name="/load_checkpoint")
+        assert fingerprint(session) == before
+        last = client.predict(**{**TRAIN, "amount": 5, "optimizer": "adamw"}, api_name="/continue_training")
+        assert "Finished" in last[1] and last[3]["iters"] == 15 and last[3]["optimizer"] == "adamw"
+        assert "trained with AdamW" in last[4] and session.current().source == "trained in this session"
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("endpoint,changes,message", RAW_CASES,

@@ -452,3 +452,46 @@ def test_tokenizer_view_works_offline_from_the_shipped_vocabulary(pg, tmp_path, 
     r = pg.tokenize("First Citizen")
     assert r["char"]["count"] == 13 and r["char"]["vocab_size"] == len(shipped_chars) and not r["char"]["unknown"]
     assert r["gpt2"]["count"] == 0 and "minigpt download" in r["gpt2"]["error"]
+
+
+def test_a_new_run_keeps_the_previous_runs_val_curve_named_by_its_optimizer(pg, small_text):
+    from minigpt import plots
+    s = pg.session("t")
+    first = list(s.train(tiny_spec(small_text, optimizer="adamw"), interval=0.0))[-1]
+    assert first.ghost == () and first.card["optimizer"] == "adamw"
+    views = list(s.train(tiny_spec(small_text, optimizer="muon", muon_lr=0.01), interval=0.0))
+    # From the first view on: the AdamW run's validation estimates, as they were.
+    assert all(v.ghost == tuple((it, val) for it, _, val in first.evals) for v in views)
+    assert all(v.ghost_optimizer == "adamw" for v in views)
+    last = views[-1]
+    assert last.card["optimizer"] == "muon" and last.card["train_config"]["muon_lr"] == 0.01
+    frame = plots.loss_frame(last.steps, last.evals, last.ghost, last.ghost_optimizer)
+    ghost = frame[frame.series == "previous run: AdamW, val"].dropna()
+    assert list(ghost.step) == [it for it, _, _ in first.evals] and set(frame.series) == set(plots.LOSS_COLOURS)
+    # Continue keeps the same ghost; Reset forgets it.
+    cont = list(s.train(tiny_spec(small_text, optimizer="muon", amount=10), resume=True, interval=0.0))[-1]
+    assert cont.ghost == last.ghost and cont.ghost_optimizer == "adamw"
+    third = list(s.train(tiny_spec(small_text, optimizer="adamw", amount=10), interval=0.0))[-1]
+    assert third.ghost_optimizer == "muon" and third.ghost[-1][0] == 40  # the continued run, whole
+    s.reset()
+    assert list(s.train(tiny_spec(small_text, amount=10), interval=0.0))[-1].ghost == ()
+
+
+def test_ghost_curve_is_thinned_once_and_keeps_its_end():
+    from minigpt.training_view import GHOST_POINTS, ghost_curve
+    evals = [(i, 2.0, 3.0 - i / 1e4) for i in range(0, 5000, 5)]
+    curve = ghost_curve(evals)
+    assert len(curve) <= GHOST_POINTS + 1 and curve[0] == (0, 3.0) and curve[-1] == (4995, 3.0 - 4995 / 1e4)
+    assert ghost_curve([]) == () and ghost_curve(evals[:3]) == tuple((it, val) for it, _, val in evals[:3])
+
+
+def test_spec_takes_the_optimizer_and_refuses_bad_ones_naming_the_knob():
+    limits = Limits()
+    cfg = TrainSpec(optimizer="adamw", muon_lr=0.05).train_config(limits)
+    assert cfg.optimizer == "adamw" and cfg.muon_lr == 0.05
+    assert TrainSpec().train_config(limits).optimizer == "muon"  # TrainConfig's default
+    with pytest.raises(ValueError, match="optimizer must be one of adamw, muon, got 'sgd'"):
+        TrainSpec(optimizer="sgd").train_config(limits)
+    for bad in (0.0, -1.0, float("nan"), 11.0):
+        with pytest.raises(ValueError, match="Muon learning rate"):
+            TrainSpec(muon_lr=bad).train_config(limits)

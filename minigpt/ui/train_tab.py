@@ -24,13 +24,22 @@ from .inputs import Dropdown, Number, Radio, Slider
 
 RECIPE = TrainConfig()  # the library's defaults: the page starts from the same recipe as the CLI
 D = TrainSpec()         # the knobs' starting values (and the endpoints' defaults)
-PRESETS = {  # name -> knob values (n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model)
-    "Quick demo: 2 layers × 64, 30 s": (64, 4, 2, 32, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 30, "gpt"),
-    "Default: 4 layers × 128, 60 s": (128, 4, 4, 64, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 60, "gpt"),
-    "nanoGPT CPU recipe (val ≈ 1.88)": (128, 4, 4, 64, 0.0, 12, 1e-3, "iterations", 2000, "gpt"),
-    "GPU: 6 layers × 384 (val ≈ 1.47)": (384, 6, 6, 256, 0.2, 64, 1e-3, "iterations", 5000, "gpt"),
-    "Bigram baseline (val ≈ 2.5)": (128, 4, 4, 64, 0.0, 32, 1e-2, "iterations", 2000, "bigram"),
+# name -> knob values (n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model, optimizer);
+# nanoGPT's recipe and the lecture's GPU run are AdamW's.
+PRESETS = {
+    "Quick demo: 2 layers × 64, 30 s": (64, 4, 2, 32, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 30, "gpt",
+                                        RECIPE.optimizer),
+    "Default: 4 layers × 128, 60 s": (128, 4, 4, 64, 0.0, RECIPE.batch_size, RECIPE.lr, "seconds", 60, "gpt",
+                                      RECIPE.optimizer),
+    "nanoGPT CPU recipe (val ≈ 1.88)": (128, 4, 4, 64, 0.0, 12, 1e-3, "iterations", 2000, "gpt", "adamw"),
+    "GPU: 6 layers × 384 (val ≈ 1.47)": (384, 6, 6, 256, 0.2, 64, 1e-3, "iterations", 5000, "gpt", "adamw"),
+    "Bigram baseline (val ≈ 2.5)": (128, 4, 4, 64, 0.0, 32, 1e-2, "iterations", 2000, "bigram", "adamw"),
 }
+
+MUON_NOTE = ("<span class='mg-muted'>**Muon** orthogonalises the momentum of each weight matrix inside the blocks "
+             "(every direction of the update moves about as much) and leaves the embeddings, head and gains to "
+             "AdamW, which uses the learning rate above; **AdamW** alone trains everything. Train once with each "
+             "(same seed): the loss plot keeps the previous run's validation curve to compare.</span>")
 
 GUIDE = """Validation loss on Tiny Shakespeare with characters:
 - untrained: ln 65 ≈ **4.17** — every character equally likely
@@ -47,7 +56,7 @@ Validation rising while train falls is overfitting: add dropout, shrink the mode
 
 def spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size, lr,
             budget, amount, eval_interval, seed, norm=D.norm, residual=D.residual, mlp=D.mlp, pos_emb=D.pos_emb,
-            activation=D.activation) -> TrainSpec:
+            activation=D.activation, optimizer=D.optimizer, muon_lr=D.muon_lr) -> TrainSpec:
     if data == "upload":
         if not upload:
             raise ValueError("upload a UTF-8 .txt file first (or choose Tiny Shakespeare)")
@@ -60,7 +69,8 @@ def spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block
                      n_layer=n_layer, block_size=block_size, dropout=dropout, batch_size=batch_size,
                      lr=lr if lr is not None else 0.0, budget=budget, amount=amount if amount is not None else 0,
                      eval_interval=eval_interval, seed=seed if seed is not None else 0, norm=norm, residual=residual,
-                     mlp=mlp, pos_emb=pos_emb, activation=activation)
+                     mlp=mlp, pos_emb=pos_emb, activation=activation, optimizer=optimizer,
+                     muon_lr=muon_lr if muon_lr is not None else 0.0)
 
 
 def train_outputs(view, s, layers=layer_figures):
@@ -70,7 +80,8 @@ def train_outputs(view, s, layers=layer_figures):
     info = s.info()
     if view.state == "done":  # the run's last view: its wrap-up may still be going, but the model is final
         info["training_now"] = False
-    return (plots.loss_frame(view.steps, view.evals), plots.status_html(view), sample, card,
+    return (plots.loss_frame(view.steps, view.evals, view.ghost, view.ghost_optimizer), plots.status_html(view),
+            sample, card,
             plots.model_html(info), *layers(view))
 
 
@@ -78,11 +89,13 @@ def train_outputs(view, s, layers=layer_figures):
 def estimate(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model=D.model, n_embd=D.n_embd,
              n_head=D.n_head, n_layer=D.n_layer, block_size=D.block_size, dropout=D.dropout,
              batch_size=D.batch_size, lr=D.lr, budget=D.budget, amount=D.amount, eval_interval=D.eval_interval,
-             seed=D.seed, norm=D.norm, residual=D.residual, mlp=D.mlp, pos_emb=D.pos_emb, activation=D.activation):
+             seed=D.seed, norm=D.norm, residual=D.residual, mlp=D.mlp, pos_emb=D.pos_emb, activation=D.activation,
+             optimizer=D.optimizer, muon_lr=D.muon_lr):
     """Parameters, memory and time of the knobs' settings, or why they cannot work (Start is disabled then)."""
     try:
         spec = spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout,
-                       batch_size, lr, budget, amount, eval_interval, seed, norm, residual, mlp, pos_emb, activation)
+                       batch_size, lr, budget, amount, eval_interval, seed, norm, residual, mlp, pos_emb, activation,
+                       optimizer, muon_lr)
         est = PLAYGROUND.estimate(spec)
     except ValueError as e:
         est = Estimate(ok=False, error=str(e))
@@ -93,12 +106,12 @@ def estimate(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model
 def train(data=D.data, text=D.text, upload=None, tokenizer=D.tokenizer, model=D.model, n_embd=D.n_embd,
           n_head=D.n_head, n_layer=D.n_layer, block_size=D.block_size, dropout=D.dropout, batch_size=D.batch_size,
           lr=D.lr, budget=D.budget, amount=D.amount, eval_interval=D.eval_interval, seed=D.seed, norm=D.norm,
-          residual=D.residual, mlp=D.mlp, pos_emb=D.pos_emb, activation=D.activation,
-          request: gr.Request = None, progress=gr.Progress()):
+          residual=D.residual, mlp=D.mlp, pos_emb=D.pos_emb, activation=D.activation, optimizer=D.optimizer,
+          muon_lr=D.muon_lr, request: gr.Request = None, progress=gr.Progress()):
     """Train a fresh model in this session, streaming the loss curves, progress and samples."""
     s = session_of(request)
     spec = spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size,
-                   lr, budget, amount, eval_interval, seed, norm, residual, mlp, pos_emb, activation)
+                   lr, budget, amount, eval_interval, seed, norm, residual, mlp, pos_emb, activation, optimizer, muon_lr)
     yield from _stream(s, s.train(spec), progress)
 
 
@@ -107,13 +120,13 @@ def continue_training(data=D.data, text=D.text, upload=None, tokenizer=D.tokeniz
                       n_head=D.n_head, n_layer=D.n_layer, block_size=D.block_size, dropout=D.dropout,
                       batch_size=D.batch_size, lr=D.lr, budget=D.budget, amount=D.amount,
                       eval_interval=D.eval_interval, seed=D.seed, norm=D.norm, residual=D.residual, mlp=D.mlp,
-                      pos_emb=D.pos_emb, activation=D.activation, request: gr.Request = None,
-                      progress=gr.Progress()):
+                      pos_emb=D.pos_emb, activation=D.activation, optimizer=D.optimizer, muon_lr=D.muon_lr,
+                      request: gr.Request = None, progress=gr.Progress()):
     """Resume this session's run (or fine-tune a copy of the loaded model) with the budget and learning rate;
     the model keeps its shape and architecture switches."""
     s = session_of(request)
     spec = spec_of(data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size,
-                   lr, budget, amount, eval_interval, seed, norm, residual, mlp, pos_emb, activation)
+                   lr, budget, amount, eval_interval, seed, norm, residual, mlp, pos_emb, activation, optimizer, muon_lr)
     yield from _stream(s, s.train(spec, resume=True), progress)
 
 
@@ -149,10 +162,10 @@ def choose_data(data):
 
 
 def apply_preset(name):
-    n_embd, n_head, n_layer, block, dropout, batch, lr, budget, amount, model = PRESETS[name]
+    n_embd, n_head, n_layer, block, dropout, batch, lr, budget, amount, model, optimizer = PRESETS[name]
     return (min(n_embd, LIMITS.max_embd), min(n_head, LIMITS.max_heads), min(n_layer, LIMITS.max_layers),
             min(block, LIMITS.max_context), dropout, min(batch, LIMITS.max_batch), lr, budget,
-            amount if budget == "iterations" else min(amount, LIMITS.max_train_seconds), model)
+            amount if budget == "iterations" else min(amount, LIMITS.max_train_seconds), model, optimizer)
 
 
 # ---- layout and wiring ---------------------------------------------------------------------------
@@ -191,6 +204,11 @@ def build(page: Page, tab: gr.Tab) -> dict:
                 eval_interval = Slider(10, 1000, value=D.eval_interval, step=10, label="evaluate every … steps",
                                        elem_id="eval-interval")
                 seed = Number(D.seed, label="seed", precision=0, minimum=0)
+            with gr.Row():
+                optimizer = Radio([("Muon", "muon"), ("AdamW", "adamw")], value=D.optimizer, label="Optimizer")
+                muon_lr = Number(D.muon_lr, label="Muon learning rate", minimum=1e-6, maximum=10.0, step=1e-3,
+                                 elem_id="muon-lr")
+            gr.Markdown(MUON_NOTE)
             arch_group, switches = build_switches()
             gr.Markdown(f"<span class='mg-muted'>Limits here: ≤ {LIMITS.max_params / 1e6:g} M parameters, "
                         f"≤ {LIMITS.max_train_seconds:g} s a run, {LIMITS.max_training_jobs} training job(s) at "
@@ -218,8 +236,8 @@ def build(page: Page, tab: gr.Tab) -> dict:
             with gr.Accordion("Run card (stored in the checkpoint: enough to repeat the run)", open=False):
                 card = gr.JSON(label="Run card")
     knobs = [data, text, upload, tokenizer, model, n_embd, n_head, n_layer, block_size, dropout, batch_size, lr,
-             budget, amount, eval_interval, seed, *switches.values()]
-    shape = [n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model]
+             budget, amount, eval_interval, seed, *switches.values(), optimizer, muon_lr]
+    shape = [n_embd, n_head, n_layer, block_size, dropout, batch_size, lr, budget, amount, model, optimizer]
     outputs = [loss_plot, status, sample, card, page.badge, *layer_plots]
 
     gr.on([x.change for x in knobs], estimate, knobs, [estimate_box, start_btn],
