@@ -17,13 +17,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 from .data import split_ids
 from .ladder import RUNGS, LadderConfig, LadderDone, RungDone, RungProgress, RungStarted, rung_config, run_ladder
 from .train import Eval, Start, Step
 from .train_spec import SHAKESPEARE
-from .training_queue import lower_thread_priority, waiting_message
+from .training_queue import waiting_message
+from .training_view import fold_events
 
 
 @dataclass
@@ -67,19 +66,8 @@ class LiveLadder:
         return self
 
     def _work(self):
-        torch.set_num_threads(self.threads)
-        lower_thread_priority()  # like a training run: the interactive calls of every tab come first
-        try:
-            for ev in run_ladder(self.settings, self.tokenizer, self.splits, stop=self.stop, limits=self.limits):
-                with self.lock:
-                    self._apply(ev)
-                if not isinstance(ev, RungProgress):
-                    self.news.set()  # a rung started or finished: worth showing at once
-        except BaseException as e:  # handed to the consumer
-            self.failure.append(e)
-        finally:
-            self.finished.set()
-            self.news.set()
+        events = run_ladder(self.settings, self.tokenizer, self.splits, stop=self.stop, limits=self.limits)
+        fold_events(self, events, news=lambda ev: not isinstance(ev, RungProgress))  # a rung started or finished
 
     def _apply(self, ev):
         view = self.view

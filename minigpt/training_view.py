@@ -137,6 +137,25 @@ class StopFlag(threading.Event):
         self.seen.clear()
 
 
+def fold_events(live, events, news: Callable[[object], bool]):
+    """A live run's worker thread: fold each event into `live`'s view (`live._apply`, under its lock),
+    wake the page for those `news` picks, hand any failure to the consumer, and say when it is over.
+    It runs at a lower CPU priority, so the interactive calls of every tab come first."""
+    torch.set_num_threads(live.threads)  # this thread's own setting, as in the CLI's main thread
+    lower_thread_priority(TRAIN_NICE)
+    try:
+        for ev in events:
+            with live.lock:
+                live._apply(ev)
+            if news(ev):
+                live.news.set()
+    except BaseException as e:  # handed to the consumer
+        live.failure.append(e)
+    finally:
+        live.finished.set()
+        live.news.set()
+
+
 class LiveTraining:
     """`train(run, cfg)` in a thread of its own, folded into a TrainView.
 
@@ -157,19 +176,8 @@ class LiveTraining:
         return self
 
     def _work(self):
-        torch.set_num_threads(self.threads)  # this thread's own setting, as in the CLI's main thread
-        lower_thread_priority(TRAIN_NICE)  # the interactive calls of every tab come first
-        try:
-            for ev in train(self.run, self.cfg, self.stop, self.limits):
-                with self.lock:
-                    self._apply(ev)
-                if isinstance(ev, (Start, Sample, Done)):
-                    self.news.set()  # worth showing at once
-        except BaseException as e:  # handed to the consumer
-            self.failure.append(e)
-        finally:
-            self.finished.set()
-            self.news.set()
+        fold_events(self, train(self.run, self.cfg, self.stop, self.limits),
+                    news=lambda ev: isinstance(ev, (Start, Sample, Done)))  # worth showing at once
 
     def _apply(self, ev):
         view = self.view
