@@ -236,15 +236,17 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
     out["kv_cache_speedup"] = round(out["gen_tokens_per_s_cache"] / out["gen_tokens_per_s_nocache"], 1)
     # The cached step reads every weight once: its floor is those bytes over the memory bandwidth.
     out["decode_step_ms"] = round(1000 / out["gen_tokens_per_s_cache"], 2)
-    out["memory_bandwidth_gbs"] = round(memory_bandwidth_gbs(), 1)
-    out["decode_weight_mb"] = round(weight_bytes_per_token(sizes.gen_model) / 1e6, 1)
-    out["decode_floor_ms"] = round(out["decode_weight_mb"] / out["memory_bandwidth_gbs"], 2)
-    out["decode_vs_floor"] = round(out["decode_step_ms"] / out["decode_floor_ms"], 2)
+    bandwidth, weight_mb = memory_bandwidth_gbs(), weight_bytes_per_token(sizes.gen_model) / 1e6
+    floor_ms = weight_mb / bandwidth  # MB / (GB/s) = ms; unrounded, as a tiny model's floor rounds to 0
+    out["memory_bandwidth_gbs"] = round(bandwidth, 1)
+    out["decode_weight_mb"] = round(weight_mb, 1)
+    out["decode_floor_ms"] = round(floor_ms, 3)
+    out["decode_vs_floor"] = round(1000 / out["gen_tokens_per_s_cache"] / floor_ms, 2)
     if device == "cpu" and cpu_has_native_bf16():  # bf16 weights for inference: half the bytes per token
         bf = max(gen_tokens_per_s(sizes.gen_model, sizes.gen_tokens, True, device=device, weights=torch.bfloat16)
                  for _ in range(sizes.gen_rounds))
         out["decode_step_ms_bf16"] = round(1000 / bf, 2)
-        out["decode_floor_ms_bf16"] = round(out["decode_floor_ms"] / 2, 2)
+        out["decode_floor_ms_bf16"] = round(floor_ms / 2, 3)
     log("app cold start ...")
     cold = app_cold_start() if sizes.cold_start else None
     out["cold_start_s"] = round(cold, 2) if cold is not None else None
