@@ -245,9 +245,11 @@ def test_build_it_up_measured_then_a_short_live_run(page):
     shoot(page, "16-averaging-attention")
 
 
-def test_adamw_then_muon_overlay_their_val_curves(page):
+def test_adamw_then_muon_overlay_their_val_curves(page, url):
     """Train with AdamW, switch the knob to Muon, Start again: the badge names each optimizer in turn,
     and 17-adamw-vs-muon.png shows the AdamW run's validation curve beside the Muon run's."""
+    page.goto(url)  # a fresh session: the tests before leave switches and models of their own
+    page.wait_for_selector("#model-badge >> text=Current model: shipped")
     page.get_by_role("tab", name="Train").click()
     for elem_id, value in (("n-embd", 32), ("n-head", 4), ("n-layer", 2), ("block-size", 32), ("eval-interval", 10)):
         set_number(page, elem_id, value)
