@@ -112,6 +112,9 @@ def ladder_configs(vocab_size: int, n_embd: int = GPTConfig.n_embd, block_size: 
 
 # ---- settings and events ------------------------------------------------------------------------
 
+LADDER_BATCH = 16  # sequences per step in every rung
+
+
 @dataclass
 class LadderConfig:
     iters_per_rung: int | None = DEFAULT_ITERS  # steps per rung (None when seconds_per_rung is set)
@@ -154,8 +157,11 @@ class LadderConfig:
             iters, seconds = limits.max_iters, self.seconds_per_rung
             interval = 100
         warmup = min(TrainConfig.warmup_iters, iters // 10)  # a tiny budget is not all warmup
+        # The lecture's optimizer for every rung: AdamW at batch 16 (round 1's recipe; the measured
+        # ladder in checkpoints/ladder.json was made with it), so every rung learns with the same optimizer.
         return TrainConfig(max_iters=iters, max_seconds=seconds, eval_interval=interval, sample_every=0,
-                           warmup_iters=warmup, seed=self.seed, device=self.device)
+                           warmup_iters=warmup, seed=self.seed, device=self.device, optimizer="adamw",
+                           batch_size=LADDER_BATCH)
 
 
 @dataclass
