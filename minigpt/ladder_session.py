@@ -186,10 +186,10 @@ def ladder(session, settings: LadderConfig, interval: float = 0.5):
             live = state.live = LiveLadder(settings, tok, splits, session.stop_event, session.pg.limits,
                                            session.pg.threads, name=f"minigpt-ladder-{session.key[:8]}").start()
     except BaseException:
-        _release(session, ticket)
+        session._release(ticket)
         raise
     if live is None:  # left the queue before its turn: nothing ran
-        _release(session, None)
+        session._release(None)
         yield state.view
         return
     closed_early = True
@@ -213,16 +213,7 @@ def _wrap_up(session, state: LadderState, live: LiveLadder, ticket):
         state.view = live.snapshot()
         state.live = None
     finally:
-        _release(session, ticket)
-
-
-def _release(session, ticket):
-    try:
-        if ticket is not None:
-            session.pg.training_queue.release(ticket)
-    finally:
-        session._idle.set()
-        session._train_lock.release()
+        session._release(ticket)
 
 
 def stop_soon(session, wait: float = 0.5) -> LadderView:
