@@ -106,7 +106,8 @@ def test_refuses_mismatched_generators(gpt):
 def test_session_compare_decodes_one_batch_and_matches_each_alone(tmp_path, tok, gpt):
     from minigpt.checkpoint import save_checkpoint
     from minigpt.limits import Limits
-    from minigpt.session import Playground, sampling_columns
+    from minigpt.playground import Playground
+    from minigpt.views import sampling_columns
     shipped = save_checkpoint(tmp_path / "shipped.safetensors", gpt, tok, {"iters": 0})
     s = Playground(Limits(), shipped_path=shipped, device="cpu").session("batch")
     model = s.inference_model().model
