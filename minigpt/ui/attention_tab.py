@@ -12,7 +12,7 @@ import gradio as gr
 from minigpt import experiment_plots, experiments, plots
 from minigpt.limits import check_int
 
-from .common import VIEWS, Page, session_of, user_errors
+from .common import VIEWS, Page, drawn, session_of, user_errors
 from .inputs import Dropdown
 
 
@@ -23,13 +23,13 @@ def attention(text, layer, head, request: gr.Request = None):
     a = s.attention(text)
     layer = check_int("layer", layer if layer not in (None, "") else 0, 0, a["n_layer"] - 1)
     if head in (None, "", "all"):
-        fig = plots.attention_grid(a["tokens"], a["weights"][layer], layer)
+        fig = drawn(plots.attention_grid, a["tokens"], a["weights"][layer], layer)
     else:
         try:
             h = check_int("head", head, 0, a["n_head"] - 1)
         except ValueError:
             raise ValueError(f"head must be 'all' or between 0 and {a['n_head'] - 1}, got {head!r}") from None
-        fig = plots.attention_figure(a["tokens"], a["weights"][layer, h], layer, h)
+        fig = drawn(plots.attention_figure, a["tokens"], a["weights"][layer, h], layer, h)
     note = f"{len(a['tokens'])} tokens"
     if a["cropped"]:
         why = (f"the model's context is {a['block_size']}" if a["block_size"] <= a["shown_max"]
@@ -42,7 +42,7 @@ def attention(text, layer, head, request: gr.Request = None):
 def attention_scores(text, request: gr.Request = None):
     """Per layer: the spread of the current model's q·k scores over `text`, with and without 1/sqrt(d)."""
     result = session_of(request).score_scale(text)
-    return experiment_plots.model_scores_figure(result), experiments.tables_markdown(result.tables())
+    return drawn(experiment_plots.model_scores_figure, result), experiments.tables_markdown(result.tables())
 
 
 def attention_choices(request: gr.Request = None):
@@ -67,12 +67,12 @@ def build(page: Page, tab: gr.Tab) -> dict:
         btn = gr.Button("Show attention", variant="primary", scale=1, elem_id="attention-btn")
     note = gr.Markdown("Rows are the tokens looking (queries), columns the tokens looked at (keys). "
                        "A token may only attend to itself and earlier tokens: the hatched triangle is masked out.")
-    plot = gr.Plot(label="attention", show_label=False, elem_id="attention-plot")
+    plot = gr.Plot(label="attention", show_label=False, elem_id="attention-plot", format="png")
     with gr.Accordion("Why divide by √d? The scores inside this model", open=False):
         gr.Markdown(experiments.EXPLANATIONS["model_scores"] + " (The Concepts tab shows the same with random "
                     "vectors.)")
         scores_btn = gr.Button("Measure the scores of the text above", elem_id="scores-btn")
-        scores_plot = gr.Plot(label="scores", show_label=False, elem_id="scores-plot")
+        scores_plot = gr.Plot(label="scores", show_label=False, elem_id="scores-plot", format="png")
         scores_numbers = gr.Markdown(elem_id="scores-numbers")
 
     btn.click(attention, [text, layer, head], [plot, note], api_name="attention", **VIEWS)

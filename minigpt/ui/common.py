@@ -19,6 +19,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures are rendered off-screen, i
 
 import gradio as gr  # noqa: E402
 
+from minigpt.figure_cache import FigureCache, digest  # noqa: E402
 from minigpt.limits import Limits  # noqa: E402
 from minigpt.playground import Playground  # noqa: E402
 from minigpt.saving import session_save_dir  # noqa: E402
@@ -39,6 +40,7 @@ def limit_malloc_arenas(n: int = 2) -> bool:
 limit_malloc_arenas()  # before the worker threads exist
 LIMITS = Limits.from_env()
 PLAYGROUND = Playground(LIMITS)  # the one registry of sessions (keyed by session hash) and the shared model
+FIGURES = FigureCache(256)  # figures drawn once per distinct input, for every session
 SAVE_ROOT = Path(tempfile.gettempdir()) / "minigpt-app"  # the page's saves (app.py cleans leftovers at start)
 # The page's worker pools (Gradio's queue: events with the same concurrency_id share one limit). Cheap
 # calls (milliseconds) get a pool of their own without a limit, so they never wait behind decoding,
@@ -83,6 +85,13 @@ def user_errors(fn):
         except (ValueError, OSError) as e:
             raise message(e) from None
     return call
+
+
+def drawn(builder, *args):
+    """A gr.Plot value for the figure `builder(*args)`, drawn once per distinct builder and arguments
+    and handed to Gradio already encoded as a PNG (minigpt/figure_cache.py says why)."""
+    from gradio.components.plot import PlotData
+    return PlotData(type="matplotlib", plot=FIGURES.get(digest(builder.__qualname__, *args), lambda: builder(*args)))
 
 
 def session_of(request: gr.Request | None) -> Session:

@@ -72,7 +72,7 @@ def _figures(kind: str, numbers_open: bool = False, code=(), links: dict | None 
     With `links`, the first figure is followed by its "try it in a GPT" button, put in `links[kind]`."""
     outputs = []
     for i, (key, _) in enumerate(P.FIGURES[kind]):
-        outputs.append(gr.Plot(show_label=False, elem_id=f"concepts-{key}"))
+        outputs.append(gr.Plot(show_label=False, elem_id=f"concepts-{key}", format="png"))
         gr.Markdown(E.EXPLANATIONS[key], elem_classes="mg-explain")
         if i == 0 and links is not None:
             links[kind] = try_button(kind)

@@ -13,7 +13,7 @@ from minigpt import plots
 from minigpt.sampling import STRATEGIES, SamplingConfig
 from minigpt.views import sampling_columns
 
-from .common import DECODE, LIMITS, VIEWS, Page, session_of, user_errors
+from .common import DECODE, LIMITS, VIEWS, Page, drawn, session_of, user_errors
 from .inputs import CheckboxGroup, Dropdown, Number, Slider
 
 STRATEGY_CHOICES = ("greedy", "multinomial", "low temperature", "high temperature", "top-k", "top-p")
@@ -69,7 +69,7 @@ def next_token_distribution(column, step, request: gr.Request = None):
     note = (f"After …`{plots.show_token(info['context'][-40:])}` the model gave these probabilities; "
             f"**{info['column']}** chose **`{plots.show_token(info['chosen_piece'])}`** (rank {info['chosen_rank']}). "
             + ("*The model changed since this comparison: the bars are the current model's.*" if info["changed"] else ""))
-    return plots.next_token_figure(info), note
+    return drawn(plots.next_token_figure, info), note
 
 
 @user_errors
@@ -89,7 +89,7 @@ def generate(prompt, tokens, strategy, temperature, top_k, top_p, seed, use_cach
         words += (f"  \nThe cache holds the model's context of {stats['context']} tokens: it was full after "
                   f"{stats['cache_full_after']} new tokens, and from then on each token recomputes the last "
                   f"{stats['context']}, as without the cache. Generate fewer tokens to see its full effect.")
-    yield (prompt or "") + text, words, plots.cache_figure(s.cache_speed)
+    yield (prompt or "") + text, words, drawn(plots.cache_figure, dict(s.cache_speed))
 
 
 def build(page: Page, tab: gr.Tab) -> dict:
@@ -117,7 +117,8 @@ def build(page: Page, tab: gr.Tab) -> dict:
         column = Dropdown([], label="strategy", scale=2, allow_custom_value=True)
         step = Slider(1, 200, value=1, step=1, label="step", scale=3)
     nt_note = gr.Markdown()
-    nt_plot = gr.Plot(label="next-token distribution", show_label=False, elem_id="next-token-plot")
+    nt_plot = gr.Plot(label="next-token distribution", show_label=False, elem_id="next-token-plot",
+                      format="png")
     with gr.Accordion("Generate one text — and what the KV cache buys", open=False):
         with gr.Row(equal_height=True):
             strategy = Dropdown(list(STRATEGIES), value="temperature", label="strategy", min_width=140)
@@ -127,7 +128,7 @@ def build(page: Page, tab: gr.Tab) -> dict:
             gen_btn = gr.Button("Generate", min_width=100, elem_id="generate-btn")
         gen_out = gr.Textbox(label="Text", lines=6, max_lines=10, interactive=False)
         gen_stats = gr.Markdown("Switch **KV cache** (above) on and off and generate again to compare speeds.")
-        cache_plot = gr.Plot(label="tokens per second", show_label=False, elem_id="cache-plot")
+        cache_plot = gr.Plot(label="tokens per second", show_label=False, elem_id="cache-plot", format="png")
 
     switches = [strategies, low_t, high_t, top_k, top_p, colour, use_cache]
     cmp_ev = compare_btn.click(compare_sampling, [prompt, tokens, seed, *switches], [out, summary, column, step],

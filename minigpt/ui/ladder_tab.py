@@ -166,8 +166,8 @@ def build(page: Page, tab: gr.Tab) -> dict:
             status = gr.HTML(status0, elem_id="ladder-status")
             table = gr.HTML(table0, elem_id="ladder-table")
     with gr.Row():
-        curves = gr.Plot(curves0, show_label=False, elem_id="ladder-curves")
-        bars = gr.Plot(bars0, show_label=False, elem_id="ladder-bars")
+        curves = gr.Plot(curves0, show_label=False, elem_id="ladder-curves", format="png")
+        bars = gr.Plot(bars0, show_label=False, elem_id="ladder-bars", format="png")
     with gr.Accordion("A sample from each rung (T = 0.8, the same seed)", open=True):
         samples = gr.HTML(samples0, elem_id="ladder-samples")
 
@@ -182,8 +182,8 @@ def build(page: Page, tab: gr.Tab) -> dict:
                           elem_id="averaging-head")
             avg_btn = gr.Button("Average", variant="primary", scale=1, elem_id="averaging-btn")
         avg_note = gr.Markdown(elem_id="averaging-note")
-        avg_plot = gr.Plot(show_label=False, elem_id="averaging-plot")
-        attn_plot = gr.Plot(show_label=False, elem_id="averaging-attention")
+        avg_plot = gr.Plot(show_label=False, elem_id="averaging-plot", format="png")
+        attn_plot = gr.Plot(show_label=False, elem_id="averaging-attention", format="png")
         with gr.Accordion("The numbers", open=False):
             avg_json = gr.JSON(label="differences", elem_id="averaging-json")
 
