@@ -17,8 +17,6 @@ errors == 0, isolation and peak RSS <= 2 GB are always asserted.
 import json
 import os
 import re
-import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -27,9 +25,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import ROOT, free_port, wait_for  # noqa: E402
-
-from minigpt.bench import stop_process  # noqa: E402
+from conftest import ROOT  # noqa: E402
+from loadkit import app_server, figures, rss_mb, run_all, timed  # noqa: E402
 
 SESSIONS = 30
 TRAINERS = 10
@@ -61,18 +58,6 @@ def interactive(i: int, r: int):
         ("attention", dict(text="ROMEO: what light", layer=0, head="all"), "/attention",
          lambda x: x[1].startswith("17 tokens")),
     ]
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
-
-
-def percentile(values, q: float) -> float:
-    values = sorted(values)
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 def classroom(url: str) -> dict:
@@ -112,12 +97,7 @@ def classroom(url: str) -> dict:
                 job = c.submit(**{**TRAIN, "seed": 100 + i}, api_name="/train")
             for r in range(ROUNDS):
                 for name, kwargs, api, check in interactive(i, r):
-                    t0 = time.monotonic()
-                    try:
-                        ok = check(c.predict(**kwargs, api_name=api))
-                        record(name, time.monotonic() - t0, None if ok else "unexpected answer")
-                    except Exception as e:  # counted, never raised: the report says what failed
-                        record(name, time.monotonic() - t0, f"{type(e).__name__}: {e}")
+                    timed(record, name, lambda: c.predict(**kwargs, api_name=api), check)
             if job is not None:
                 try:
                     out = job.result(timeout=900)
@@ -139,12 +119,7 @@ def classroom(url: str) -> dict:
         finally:
             c.close()
 
-    threads = [threading.Thread(target=session_main, args=(i,)) for i in range(SESSIONS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=1200)
-    assert not any(t.is_alive() for t in threads), "a session hung"
+    run_all(session_main, SESSIONS, timeout=1200, what="a session")
 
     isolation = []
     for i in range(SESSIONS):
@@ -163,49 +138,22 @@ def classroom(url: str) -> dict:
 
 
 def load_test() -> dict:
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_HEARTBEAT_INTERVAL": "1", "MINIGPT_MAX_TRAINING_JOBS": "1"}
-    REPORT.parent.mkdir(exist_ok=True)
-    log = open(REPORT.with_name("classroom-server.log"), "w")
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        import httpx
-
-        def up():
-            try:
-                return httpx.get(url, timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return server.poll() is not None
-        assert wait_for(up, timeout=180, every=0.5) and server.poll() is None, "the server did not start: " + log.name
+    log = REPORT.with_name("classroom-server.log")
+    with app_server(log, {"MINIGPT_MAX_TRAINING_JOBS": "1"}) as (server, url):
         idle = rss_mb(server.pid)
         t0 = time.monotonic()
         room = classroom(url)
         seconds = time.monotonic() - t0
         peak = rss_mb(server.pid, "VmHWM")
         alive = server.poll() is None
-    finally:
-        stop_process(server, grace=20)
-        log.close()
-    results = room["results"]
-    errors = [f"{name}: {err}" for name, _, err in results if err]
-    by_name = {}
-    for name, secs, _ in results:
-        by_name.setdefault(name, []).append(secs)
     return {"sessions": SESSIONS, "trainers": TRAINERS, "train_budget_s": TRAIN_SECONDS, "rounds": ROUNDS,
-            "requests": len(results), "errors": len(errors), "error_messages": errors[:20],
-            "errors_by_endpoint": {k: sum(1 for n, _, e in results if n == k and e) for k in by_name},
+            **figures(room["results"]),
             "isolation_problems": room["isolation_problems"], "train_iters": room["train_iters"],
             "queue_seen": room["queue_seen"],
             "trainers_shown_their_place": sum(1 for q in room["queue_seen"].values() if q["first"]),
             "seconds": round(seconds, 1), "server_alive": alive, "cpus": os.cpu_count(),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-            "rss_idle_mb": round(idle), "rss_peak_mb": round(peak),
-            "count": {k: len(v) for k, v in by_name.items()},
-            "p50_s": {k: round(statistics.median(v), 2) for k, v in by_name.items()},
-            "p95_s": {k: round(percentile(v, 0.95), 2) for k, v in by_name.items()},
-            "max_s": {k: round(max(v), 2) for k, v in by_name.items()}}
+            "rss_idle_mb": round(idle), "rss_peak_mb": round(peak)}
 
 
 @pytest.mark.slow

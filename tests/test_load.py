@@ -9,9 +9,6 @@ written to test-output/load-report.json. Run it alone with `python tests/test_lo
 """
 
 import json
-import os
-import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -20,9 +17,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import ROOT, free_port, wait_for  # noqa: E402
-
-from minigpt.bench import stop_process  # noqa: E402
+from conftest import ROOT  # noqa: E402
+from loadkit import app_server, figures, rss_mb, run_all, timed  # noqa: E402
 
 CLIENTS = 8
 ROUNDS = 3
@@ -58,11 +54,6 @@ def script(i: int):
     return steps
 
 
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
-
-
 def run_round(url: str, results: list):
     from gradio_client import Client
 
@@ -70,40 +61,15 @@ def run_round(url: str, results: list):
         c = Client(url, verbose=False)
         try:
             for name, kwargs, api, check in script(i):
-                t0 = time.monotonic()
-                try:
-                    ok = check(c.predict(**kwargs, api_name=api))
-                    results.append((name, time.monotonic() - t0, None if ok else "unexpected answer"))
-                except Exception as e:  # counted, never raised: the report says what failed
-                    results.append((name, time.monotonic() - t0, f"{type(e).__name__}: {e}"))
+                timed(lambda *r: results.append(r), name, lambda: c.predict(**kwargs, api_name=api), check)
         finally:
             c.close()
 
-    threads = [threading.Thread(target=client_main, args=(i,)) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    assert not any(t.is_alive() for t in threads), "a client hung"
+    run_all(client_main, CLIENTS, timeout=600)
 
 
 def load_test() -> dict:
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_HEARTBEAT_INTERVAL": "1"}
-    REPORT.parent.mkdir(exist_ok=True)
-    log = open(REPORT.with_name("load-server.log"), "w")  # the server's own account, for when something fails
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        import httpx
-
-        def up():
-            try:
-                return httpx.get(url, timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return server.poll() is not None  # give up waiting if it died
-        assert wait_for(up, timeout=120, every=0.5) and server.poll() is None, "the server did not start: see " + log.name
+    with app_server(REPORT.with_name("load-server.log")) as (server, url):
         idle = rss_mb(server.pid)
         samples, stop = [], threading.Event()
 
@@ -123,20 +89,12 @@ def load_test() -> dict:
         seconds = time.monotonic() - t0
         peak = rss_mb(server.pid, "VmHWM")
         alive = server.poll() is None
-    finally:
-        stop_process(server, grace=20)
-        log.close()
-    errors = [f"{name}: {err}" for name, _, err in results if err]
-    by_name = {}
-    for name, secs, _ in results:
-        by_name.setdefault(name, []).append(secs)
+    f = figures(results)
     return {"clients": CLIENTS, "rounds": ROUNDS, "requests": CLIENTS * ROUNDS * len(script(0)),
-            "answered": len(results), "errors": len(errors), "error_messages": errors[:20],
+            "answered": f["requests"], "errors": f["errors"], "error_messages": f["error_messages"],
             "seconds": round(seconds, 1), "server_alive": alive,
             "rss_idle_mb": round(idle), "rss_peak_mb": round(peak), "rss_after_each_round_mb": [round(x) for x in after],
-            "rss_samples": len(samples),
-            "median_s": {k: round(statistics.median(v), 2) for k, v in by_name.items()},
-            "max_s": {k: round(max(v), 2) for k, v in by_name.items()}}
+            "rss_samples": len(samples), "median_s": f["p50_s"], "max_s": f["max_s"]}
 
 
 @pytest.mark.slow
