@@ -2,9 +2,10 @@
 
 `Playground` is made once by the app. It holds the shipped model (loaded lazily, shared
 read-only), the data cache, the speed model behind the Train tab's estimate, the training queue
-(`limits.max_training_jobs` runs at once; the others wait their turn), and a registry of
-`Session`s keyed by the browser's session hash (behind a lock, with an LRU cap and an idle
-sweep). Core module: imports minigpt's core only (never gradio or matplotlib).
+(`limits.max_training_jobs` runs at once; the others wait their turn), the `DecodeBatcher`
+whose one thread decodes concurrent Compares together, and a registry of `Session`s keyed by
+the browser's session hash (behind a lock, with an LRU cap and an idle sweep). Core module:
+imports minigpt's core only (never gradio or matplotlib).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .data import DataError, data_dir, load_text
+from .decode_batcher import DecodeBatcher
 from .device import pick_device
 from .estimate import Estimate, SpeedModel, estimate
 from .limits import Limits
@@ -54,6 +56,7 @@ class Playground:
         self._data_lock = threading.Lock()
         self._last_sweep = time.monotonic()
         self.training_queue = TrainingQueue(self.limits.max_training_jobs)  # max_training_jobs runs at once
+        self.batcher = DecodeBatcher()  # concurrent Compares on one model share each decoding step
 
     # -- shared read-only things --
 

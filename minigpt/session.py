@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import __version__
-from .batch_generate import generate_batch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import split_ids
 from .device import pick_precision
@@ -35,7 +34,7 @@ from .sampling import SamplingConfig
 from .train import Done, Run
 from .train_spec import SHAKESPEARE, TrainSpec, check_length
 from .training_view import LEFT_QUEUE, LiveTraining, StopFlag, Thinned, TrainView, ghost_of, layer_records, waiting_views
-from .views import attention_weights, comparison_view, next_token_at, one_thread
+from .views import add_steps, attention_weights, comparison_view, next_token_at, one_thread
 
 if TYPE_CHECKING:
     from .playground import Playground
@@ -360,7 +359,8 @@ class Session:
                 use_cache: bool = True, interval: float = 0.15):
         """Run every (name, sampling) from the same prompt and seed as one batch, yielding the columns so far.
 
-        Each column: name, sampling, tokens (text, prob, top alternatives), text, stats. The last
+        Each column: name, sampling, tokens (text, prob, top alternatives), text, stats (its seconds:
+        the time spent waiting for its steps, batched with any concurrent Compares on the model). The last
         comparison is kept so `next_token` can explain any of its steps.
         """
         n = check_int("tokens", tokens, 1, self.pg.limits.max_new_tokens)
@@ -378,28 +378,25 @@ class Session:
             sampling.validate()
             cols.append({"name": name, "sampling": sampling.to_dict(), "tokens": [], "text": "", "ids": [],
                          "seconds": 0.0, "done": False})
-        # One batch for every strategy: one forward pass a token, the same tokens as each alone.
-        steps = generate_batch(ref.model, ref.tokenizer, prompt, n, [s for _, s in strategies], seed=seed,
-                               use_cache=use_cache, top_n=5)
+        # One batch for every strategy, shared with other sessions' Compares on the same model (the
+        # playground's batcher): one forward pass a token, the same tokens as each alone.
+        steps = self.pg.batcher.generate(ref.model, ref.tokenizer, prompt, n, [s for _, s in strategies], seed=seed,
+                                         use_cache=use_cache, top_n=5)
         last = time.perf_counter()
-        while True:
-            t = time.perf_counter()
-            with one_thread():
+        try:
+            while True:
+                t = time.perf_counter()
                 row = next(steps, None)
-            spent = time.perf_counter() - t  # every column waited for the whole batched step
-            if row is None:
-                break
-            for c, step in zip(cols, row):
-                c["seconds"] += spent
-                c["ids"].append(step.id)
-                c["text"] += step.text
-                c["tokens"].append((step.text, step.prob, [(ref.tokenizer.pieces([j])[0], p)
-                                                           for j, p in zip(step.top_ids, step.top_probs)],
-                                    step.logprob))
-            now = time.perf_counter()
-            if now - last >= interval:
-                last = now
-                yield comparison_view(cols, prompt)
+                spent = time.perf_counter() - t  # waiting for this step: its turn, then the batched forward
+                if row is None:
+                    break
+                add_steps(cols, row, spent, ref.tokenizer)
+                now = time.perf_counter()
+                if now - last >= interval:
+                    last = now
+                    yield comparison_view(cols, prompt)
+        finally:
+            steps.close()  # closed early (the tab closed, Stop): its rows leave the shared batch now
         for c in cols:
             c["done"] = True
         self.last_columns = comparison_view(cols, prompt)

@@ -118,6 +118,16 @@ def sampling_columns(greedy: bool = True, multinomial: bool = True, low_t: float
     return cols
 
 
+def add_steps(cols, row, spent: float, tokenizer):
+    """Append one step's TokenSteps (one per column) to a comparison's columns, which waited `spent` s for it."""
+    for c, step in zip(cols, row):
+        c["seconds"] += spent
+        c["ids"].append(step.id)
+        c["text"] += step.text
+        c["tokens"].append((step.text, step.prob, [(tokenizer.pieces([j])[0], p)
+                                                   for j, p in zip(step.top_ids, step.top_probs)], step.logprob))
+
+
 def comparison_view(cols, prompt: str) -> list[dict]:
     """A comparison's columns as drawn (copies): text, tokens, perplexity, repeats, tokens/s, done."""
     out = []

@@ -335,15 +335,15 @@ def test_cheap_calls_have_a_pool_of_their_own_and_never_wait_behind_decoding(ser
     pools = {f.api_name: (f.concurrency_id, f.concurrency_limit) for f in app.demo.fns.values()}
     for name in ("model_info", "model_info_on_tab", "tokenize", "tokenize_on_load", "estimate", "on_load"):
         assert pools[name] == ("cheap", None), name
-    assert pools["compare_sampling"] == pools["generate"] == ("decode", 2)
+    assert pools["generate"] == ("decode", 2)
+    assert pools["compare_sampling"] == ("compare", 32)  # wide: concurrent Compares share the decoding thread
     assert pools["attention"] == pools["attention_scores"] == pools["next_token_distribution"] == ("views", 2)
     assert pools["train"] == pools["continue_training"] == ("train", None)  # the TrainingQueue gates training
     assert app.launch_kwargs()["max_threads"] >= 80
     busy = [Client(url, verbose=False) for _ in range(3)]
     c = Client(url, verbose=False)
     try:
-        long = {**COMPARE, "tokens": 2000, "strategies": ["greedy"]}
-        jobs = [x.submit(**long, api_name="/compare_sampling") for x in busy]
+        jobs = [x.submit("ROMEO:", 2000, "greedy", 0.8, 0, 1.0, 1, False, api_name="/generate") for x in busy]
         assert wait_for(lambda: sum(j.status().code.name == "IN_QUEUE" for j in jobs) == 1, timeout=60)
         t0 = time.monotonic()
         ids = c.predict(text="to be, or not to be", api_name="/tokenize")[1]

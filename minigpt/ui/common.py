@@ -44,11 +44,15 @@ FIGURES = FigureCache(256)  # figures drawn once per distinct input, for every s
 SAVE_ROOT = Path(tempfile.gettempdir()) / "minigpt-app"  # the page's saves (app.py cleans leftovers at start)
 # The page's worker pools (Gradio's queue: events with the same concurrency_id share one limit). Cheap
 # calls (milliseconds) get a pool of their own without a limit, so they never wait behind decoding,
-# the views or training; decoding and the views get two workers each (decoding is Python overhead
-# per token: more threads on 2 cores only wait for each other); training is gated by the
-# Playground's TrainingQueue, not here (a waiting run streams its place). Save and load share INFER.
+# the views or training; single Generate and the views get two workers each (decoding is Python
+# overhead per token: more threads on 2 cores only wait for each other). Compare decodes in the
+# Playground's one shared decoding thread (minigpt/decode_batcher.py), so its workers mostly wait:
+# its pool is wide, so that concurrent Compares reach that thread together and share each step.
+# Training is gated by the Playground's TrainingQueue, not here (a waiting run streams its place).
+# Save and load share INFER.
 CHEAP = dict(concurrency_limit=None, concurrency_id="cheap")    # model info, tokenizer, estimate
-DECODE = dict(concurrency_limit=2, concurrency_id="decode")     # Compare, Generate
+COMPARE = dict(concurrency_limit=32, concurrency_id="compare")  # Compare: a classroom's at once
+DECODE = dict(concurrency_limit=2, concurrency_id="decode")     # Generate (the KV cache on/off timing)
 VIEWS = dict(concurrency_limit=2, concurrency_id="views")       # next-token view, attention
 INFER = dict(concurrency_limit=4, concurrency_id="infer")       # save, load
 

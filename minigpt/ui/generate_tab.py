@@ -13,7 +13,7 @@ from minigpt import plots
 from minigpt.sampling import STRATEGIES, SamplingConfig
 from minigpt.views import sampling_columns
 
-from .common import DECODE, LIMITS, VIEWS, Page, drawn, session_of, user_errors
+from .common import COMPARE, DECODE, LIMITS, VIEWS, Page, drawn, session_of, user_errors
 from .inputs import CheckboxGroup, Dropdown, Number, Slider
 
 STRATEGY_CHOICES = ("greedy", "multinomial", "low temperature", "high temperature", "top-k", "top-p")
@@ -132,7 +132,7 @@ def build(page: Page, tab: gr.Tab) -> dict:
 
     switches = [strategies, low_t, high_t, top_k, top_p, colour, use_cache]
     cmp_ev = compare_btn.click(compare_sampling, [prompt, tokens, seed, *switches], [out, summary, column, step],
-                               api_name="compare_sampling", show_progress="hidden", **DECODE)
+                               api_name="compare_sampling", show_progress="hidden", **COMPARE)
     cmp_ev.success(next_token_distribution, [column, step], [nt_plot, nt_note],
                    api_name="next_token_after_compare", api_visibility="private", **VIEWS)
     gr.on([column.input, step.release], next_token_distribution, [column, step], [nt_plot, nt_note],
