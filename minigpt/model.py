@@ -7,134 +7,20 @@ the standard GPT, with the same parameter names and the same code path as before
 `forward(idx, targets=None, kv_cache=None, return_attn=False)`: attention runs through the fused
 `F.scaled_dot_product_attention` by default and through the explicit q·kᵀ/√d → mask → softmax → ·v
 path when the weights are asked for (the attention view) or when `explicit_attention` is set.
+`GPTConfig` and its helpers live in minigpt/config.py (torch-free) and are importable from here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .limits import Limits
+from .config import (ACTIVATION_NAMES, MODEL_KINDS, NORMS, SWITCHES, GPTConfig, arch_changes,  # noqa: F401
+                     arch_summary, estimate_params)
 
-MODEL_KINDS = ("gpt", "bigram")
-NORMS = ("layer", "batch", "rms", "none")
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
-SWITCHES = ("norm", "residual", "mlp", "pos_emb", "activation")  # GPTConfig's architecture switches
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 65       # 65 characters in Tiny Shakespeare
-    block_size: int = 64       # context length: the most tokens the model looks back on
-    n_layer: int = 4           # transformer blocks (0: embeddings straight into the head)
-    n_head: int = 4            # attention heads per block; must divide n_embd
-    n_embd: int = 128          # width of the residual stream
-    dropout: float = 0.0       # 0 for short runs on small data; ~0.2 for long runs of big models
-    bias: bool = False         # biases in Linear/LayerNorm: slightly faster and no worse without
-    model: str = "gpt"         # "gpt" or "bigram" (a lookup table of next-token logits)
-    # Architecture switches (GPT only; the defaults are the standard GPT):
-    norm: str = "layer"        # layer | batch | rms | none: what normalises each sublayer's input
-    residual: bool = True      # x + f(x) around each sublayer; off: x = f(x), the plain deep stack
-    mlp: bool = True           # the feed-forward sublayer of each block; off: attention only
-    pos_emb: bool = True       # learned position embeddings (wpe); off: only the causal mask tells order
-    activation: str = "gelu"   # the MLP's nonlinearity: gelu | relu | sigmoid | tanh
-
-    def validate(self, limits: Limits | None = None) -> "GPTConfig":
-        """Raise ValueError naming the field if this config cannot work (or breaks the limits)."""
-        if self.model not in MODEL_KINDS:
-            raise ValueError(f"model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            # A GPT with no blocks is embeddings straight into the head: the ladder's second rung.
-            lowest = 0 if name == "n_layer" and self.model == "gpt" else 1
-            if value < lowest:
-                raise ValueError(f"{name} must be ≥ {lowest}, got {value}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
-                or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be true or false, got {self.bias!r}")
-        if self.model == "gpt" and self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        self._validate_switches()
-        if limits is not None:
-            for name, cap in (("vocab_size", limits.max_vocab), ("block_size", limits.max_context),
-                              ("n_layer", limits.max_layers), ("n_head", limits.max_heads),
-                              ("n_embd", limits.max_embd)):
-                if getattr(self, name) > cap:
-                    raise ValueError(f"{name} = {getattr(self, name)} is over the limit of {cap}")
-            n = estimate_params(self)
-            if n > limits.max_params:
-                raise ValueError(f"the model would have {n:,} parameters, over the limit of "
-                                 f"{limits.max_params:,} (MINIGPT_MAX_PARAMS)")
-        return self
-
-    def _validate_switches(self):
-        if not isinstance(self.norm, str) or self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        for name in ("residual", "mlp", "pos_emb"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.model == "bigram" and arch_changes(self):
-            raise ValueError(f"the bigram model has no blocks, norms or MLP: the architecture switches apply "
-                             f"to the GPT only (got {arch_summary(self)})")
-        if not self.mlp and self.activation != "gelu":
-            raise ValueError(f"activation {self.activation!r} needs the MLP: without it (mlp off) there is "
-                             f"no activation to change")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        unknown = set(d) - set(known)
-        if unknown:
-            raise ValueError(f"unknown model config fields: {', '.join(sorted(unknown))}")
-        return cls(**known)
-
-
-def arch_changes(cfg: GPTConfig) -> list[str]:
-    """Each switch that differs from the standard GPT, in words ("BatchNorm", "no residual", ...)."""
-    words = []
-    if cfg.norm != "layer":
-        words.append({"batch": "BatchNorm", "rms": "RMSNorm", "none": "no norm"}.get(cfg.norm, f"norm {cfg.norm}"))
-    if not cfg.residual:
-        words.append("no residual")
-    if not cfg.mlp:
-        words.append("no MLP")
-    elif cfg.activation != "gelu":
-        words.append(f"{cfg.activation} MLP")
-    if not cfg.pos_emb:
-        words.append("no position embeddings")
-    return words
-
-
-def arch_summary(cfg: GPTConfig) -> str:
-    """One line for badges and run cards: "standard GPT", or the switches flipped ("no residual, sigmoid MLP")."""
-    return ", ".join(arch_changes(cfg)) or "standard GPT"
-
-
-def estimate_params(cfg: GPTConfig, non_embedding: bool = False) -> int:
-    """Parameter count of the model `cfg` describes, without building it (tied head counted once);
-    without the position embeddings (if it has any) when non_embedding, as GPT.num_params does."""
-    V, T, L, C = cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd
-    if cfg.model == "bigram":
-        return V * V
-    b = 1 if cfg.bias else 0
-    norm = {"layer": C * (1 + b), "batch": C * (1 + b), "rms": C, "none": 0}[cfg.norm]
-    attn = C * 3 * C + 3 * C * b + C * C + C * b
-    mlp = C * 4 * C + 4 * C * b + 4 * C * C + C * b
-    block = norm + attn + (norm + mlp if cfg.mlp else 0)
-    return V * C + (T * C if cfg.pos_emb and not non_embedding else 0) + L * block + norm
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}  # ACTIVATION_NAMES
 
 
 class TokenBatchNorm(nn.BatchNorm1d):

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
+from .config import OPTIMIZERS  # noqa: F401  (the names; defined torch-free there)
 from .model import decay_split
 
-OPTIMIZERS = ("adamw", "muon")
 TYPE_NAMES = {"adamw": "AdamW", "muon": "MuonAdamW"}  # the `type` stored in a checkpoint's metadata
 ADAMW_KEYS = ("step", "exp_avg", "exp_avg_sq")
 MUON_KEYS = ("momentum_buffer",)

@@ -7,37 +7,10 @@ sampling strategy; greedy ignores them (the argmax survives every filter).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 
-from .limits import check_float, check_int
-
-STRATEGIES = ("greedy", "multinomial", "temperature")
-
-
-@dataclass
-class SamplingConfig:
-    strategy: str = "temperature"  # greedy | multinomial | temperature
-    temperature: float = 0.8       # used by `temperature`: < 1 sharpens, > 1 flattens
-    top_k: int | None = None       # keep only the k most likely tokens
-    top_p: float | None = None     # keep the smallest set of tokens whose probability reaches p
-
-    def validate(self) -> "SamplingConfig":
-        """Raise ValueError naming the field if a setting is out of range."""
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        self.temperature = check_float("temperature", self.temperature, 0.0, 100.0, lo_open=True)
-        if self.top_k is not None:
-            self.top_k = check_int("top_k", self.top_k, 1, 1_000_000)
-        if self.top_p is not None:
-            self.top_p = check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
+from .config import STRATEGIES, SamplingConfig  # noqa: F401  (defined torch-free there)
 
 def scaled_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     """Logits after temperature and the top-k / top-p filters (filtered entries are -inf)."""
