@@ -1,4 +1,8 @@
-"""Data: the data directory, verified downloads, text loading, the train/val split and batches."""
+"""Data: the data directory, verified downloads, text loading, the train/val split and batches.
+
+torch is imported inside the functions that use it: the page's cold start needs the paths and
+text helpers here before torch is loaded (minigpt/ui/common.py).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -127,12 +130,14 @@ class Splits:
 def val_tensor(val: torch.Tensor | np.ndarray) -> torch.Tensor:
     """The validation ids as a tensor for the full-validation protocol; of a memmap, only the first
     MEMMAP_VAL_TOKENS, so the end-of-run evaluation stays bounded on a huge validation split."""
+    import torch
     if isinstance(val, torch.Tensor):
         return val
     return torch.from_numpy(np.asarray(val[:MEMMAP_VAL_TOKENS], dtype=np.int64))
 
 
 def split_ids(ids, fraction: float = TRAIN_FRACTION) -> Splits:
+    import torch
     data = ids if isinstance(ids, torch.Tensor) else torch.tensor(ids, dtype=torch.long)
     n = int(fraction * len(data))
     return Splits(train=data[:n], val=data[n:])
@@ -152,6 +157,7 @@ def get_batch(data: torch.Tensor | np.ndarray, batch_size: int, block_size: int,
     """Random windows: x = data[i:i+T], y = data[i+1:i+T+1], gathered in one indexing op.
 
     A memmap gives the same windows as the tensor of the same ids (same draws), read from disk."""
+    import torch
     if len(data) <= block_size + 1:
         raise DataError(f"the text has {len(data)} tokens, too few for a context of {block_size}; "
                         f"use more text or a shorter context")

@@ -1,4 +1,8 @@
-"""Device and precision: pick cuda, then mps, then cpu, and use bf16 autocast where it pays."""
+"""Device and precision: pick cuda, then mps, then cpu, and use bf16 autocast where it pays.
+
+torch is imported inside the functions that need it, so the names and `Precision` load without it
+(the page's cold start).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-
-import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -22,6 +24,7 @@ class Precision:
     def autocast(self):
         """Context manager for forward passes: bf16 autocast, or nothing for fp32."""
         if self.dtype == "bfloat16":
+            import torch
             return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -41,6 +44,7 @@ def cpu_has_native_bf16() -> bool:
 
 def _mps_is_sane() -> bool:
     """PyTorch once garbled long generations on mps: compare a small forward pass with the CPU."""
+    import torch
     try:
         g = torch.Generator().manual_seed(0)
         w, x = torch.randn(64, 64, generator=g), torch.randn(8, 64, generator=g)
@@ -53,6 +57,7 @@ def _mps_is_sane() -> bool:
 
 def pick_device(requested: str | None = None) -> str:
     """`requested` (or $MINIGPT_DEVICE), with "auto" meaning cuda, then mps, then cpu."""
+    import torch
     requested = (requested or os.environ.get("MINIGPT_DEVICE") or "auto").strip().lower()
     base = requested.split(":")[0]
     if base not in DEVICES:
@@ -89,8 +94,10 @@ def pick_precision(device: str, dtype: str = "auto", n_embd: int | None = None) 
         if base == "mps":
             raise ValueError("bfloat16 autocast is not supported on mps; use float32")
         return Precision(device, "bfloat16")
-    if base == "cuda" and torch.cuda.is_bf16_supported():
-        return Precision(device, "bfloat16")
+    if base == "cuda":
+        import torch
+        if torch.cuda.is_bf16_supported():
+            return Precision(device, "bfloat16")
     if base == "cpu" and cpu_has_native_bf16():
         return Precision(device, "bfloat16")
     return Precision(device, "float32")
@@ -110,6 +117,7 @@ class ThreadTuner:
     """
 
     def __init__(self, window: int = 20, every: int = 400):
+        import torch
         n = torch.get_num_threads()
         self.original = n
         self.choices = [n, max(1, n // 2)]
@@ -160,7 +168,9 @@ class ThreadTuner:
     def _use(self, i: int):
         if i != self.current:
             self.current = i
+            import torch
             torch.set_num_threads(self.choices[i])
 
     def restore(self):
+        import torch
         torch.set_num_threads(self.original)

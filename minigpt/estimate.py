@@ -2,7 +2,7 @@
 
 The Train tab shows this while the knobs move. Time per step is a small speed model (fixed
 overheads plus FLOPs at a rate) that each finished run in the process calibrates. Core module:
-imports the model and train_spec modules only (never gradio or matplotlib).
+imports the config and train_spec modules only (never torch, gradio or matplotlib).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from .limits import Limits
-from .model import GPTConfig, estimate_params
+from .config import GPTConfig, estimate_params
 from .train_spec import TrainSpec
 
 # Rough defaults per device kind: (FLOP/s, seconds of overhead a step, seconds a layer), refined by each run.

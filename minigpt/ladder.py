@@ -19,6 +19,9 @@ difference between two rungs is the idea added and nothing else.
 `run_ladder()` yields RungStarted, RungProgress (the trainer's own Start/Step/Eval events, tagged
 with the rung), RungDone (full-validation loss, parameters, tokens/s, seconds, a sample at T = 0.8)
 and LadderDone. A stop event ends it within a step, like the Train tab's Stop.
+
+torch and the trainer are imported where a ladder runs: the page lays out its tab from the rungs,
+settings and measured record here before torch is loaded.
 """
 
 from __future__ import annotations
@@ -32,12 +35,10 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 from . import __version__
 from .limits import Limits, check_float, check_int
-from .model import GPTConfig, arch_summary
-from .train import Done, Eval, Run, TrainConfig, sample_text, train
+from .config import GPTConfig, TrainConfig, arch_summary
+from .events import Done, Eval
 
 ROOT = Path(__file__).resolve().parent.parent
 MEASURED = ROOT / "checkpoints" / "ladder.json"  # the ladder measured with the CLI, shipped for the page
@@ -238,6 +239,8 @@ def gain_note(val: float | None, prev: float | None, prev_name: str) -> str:
 
 def ladder_data(source: str = "shakespeare", kind: str = "char"):
     """(tokenizer, splits) of a text, as the trainer takes them: 'shakespeare' or a text file's path."""
+    import torch
+
     from .data import load_text, split_ids
     from .tokenizers import build_tokenizer
     text = load_text(source)
@@ -252,6 +255,7 @@ def run_ladder(settings: LadderConfig, tokenizer, splits, stop: threading.Event 
     Every configuration is checked against the limits before anything trains. Stopping (the event
     set) ends the current rung within a step; that rung still reports its full-validation loss.
     """
+    from .train import Run, sample_text, train
     limits = limits or Limits.from_env()
     settings.validate(limits)
     chosen = list(range(1, len(RUNGS) + 1)) if rungs is None else sorted(set(rungs))
@@ -316,6 +320,7 @@ def run_ladder(settings: LadderConfig, tokenizer, splits, stop: threading.Event 
 def _one_thread(fn, *args, **kw):
     """Decoding is a chain of tiny ops: on a busy 2-core machine two threads mostly wait for each other
     (see one_thread in minigpt/session.py), so the sample runs on one."""
+    import torch
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -337,6 +342,7 @@ def machine() -> dict:
     except OSError:
         pass
     out = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+    import torch  # only to name the GPU
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)
     return out
@@ -344,6 +350,7 @@ def machine() -> dict:
 
 def ladder_record(done: LadderDone, command: str) -> dict:
     """What the CLI's --json prints and what ships in checkpoints/ladder.json."""
+    import torch
     return {
         "rungs": [r.to_dict() for r in done.rungs],
         "wall_seconds": round(done.seconds, 1),

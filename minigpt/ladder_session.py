@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .data import split_ids
+from .events import Eval, Start, Step
 from .ladder import RUNGS, LadderConfig, LadderDone, RungDone, RungProgress, RungStarted, rung_config, run_ladder
-from .train import Eval, Start, Step
 from .train_spec import SHAKESPEARE
 from .training_queue import waiting_message
 from .training_view import fold_events

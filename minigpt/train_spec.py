@@ -1,8 +1,8 @@
 """The Train tab's form as plain data: `TrainSpec` (what the knobs say) and an uploaded training text.
 
 `TrainSpec.model_config` / `train_config` turn the knobs into validated configs, or raise a
-ValueError naming the knob. Core module: imports the model, optim, train, data and limits modules only
-(never gradio or matplotlib).
+ValueError naming the knob. Core module: imports the config, data and limits modules only (never torch, gradio or
+matplotlib: the page builds its knobs from it before torch is loaded).
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from pathlib import Path
 
 from .data import DataError, decode_text
 from .limits import Limits, check_float, check_int
-from .model import SWITCHES, GPTConfig, arch_summary
-from .optim import OPTIMIZERS
-from .train import TrainConfig
+from .config import OPTIMIZERS, SWITCHES, GPTConfig, TrainConfig, arch_summary
 
 SHAKESPEARE = "shakespeare"
 

@@ -5,7 +5,8 @@ events into a `TrainView`; the page takes throttled, copied snapshots, so a slow
 slows training. `StopFlag` is the run's stop request and also tells when the trainer has seen it,
 so Stop can answer at once ("stopped at iteration N") while the end-of-run full validation goes
 on. `waiting_views` streams a run's place in the training queue until its turn. Core module: imports
-the train and training_queue modules and torch only (never gradio or matplotlib).
+the events and training_queue modules; torch and the trainer only where a run starts (the page
+draws an idle TrainView before torch is loaded); never gradio or matplotlib.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+from .events import Done, Eval, Sample, Start, Step
 from .limits import Limits
-from .train import Done, Eval, Run, Sample, Start, Step, TrainConfig, train
 from .training_queue import Cancelled, TrainingQueue, lower_thread_priority, waiting_message
+
+if TYPE_CHECKING:
+    from .train import Run, TrainConfig
 
 LEFT_QUEUE = "Left the training queue before its turn: nothing was trained, the model is as it was."
 
@@ -141,6 +143,7 @@ def fold_events(live, events, news: Callable[[object], bool]):
     """A live run's worker thread: fold each event into `live`'s view (`live._apply`, under its lock),
     wake the page for those `news` picks, hand any failure to the consumer, and say when it is over.
     It runs at a lower CPU priority, so the interactive calls of every tab come first."""
+    import torch
     torch.set_num_threads(live.threads)  # this thread's own setting, as in the CLI's main thread
     lower_thread_priority(TRAIN_NICE)
     try:
@@ -176,6 +179,7 @@ class LiveTraining:
         return self
 
     def _work(self):
+        from .train import train
         fold_events(self, train(self.run, self.cfg, self.stop, self.limits),
                     news=lambda ev: isinstance(ev, (Start, Sample, Done)))  # worth showing at once
 
