@@ -1,18 +1,20 @@
 """The Concepts experiments' common ground: the knobs each accepts, checks, result tables, and the
 explanations shown under each figure and by the CLI.
 
-Part of the minigpt.experiments package (see its docstring). Core module: imports torch and
-minigpt.limits only (never gradio or matplotlib).
+Part of the minigpt.experiments package (see its docstring). Torch-free at import (torch is
+imported where an experiment runs), so the page lays out the Concepts tab from these knobs and
+explanations before torch is loaded. Core module: imports minigpt.limits only (never gradio or
+matplotlib).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
 import threading
 from dataclasses import dataclass, fields
-
-import torch
+from pathlib import Path
 
 from ..limits import check_float, check_int
 
@@ -117,6 +119,7 @@ def _check_knobs(knobs: dict, values: dict) -> dict:
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
+    import torch
     return torch.special.entr(p).sum(-1)  # -sum p log p, with 0 log 0 = 0
 
 
@@ -145,6 +148,7 @@ def _single_threaded(fn):
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import torch
         with _THREADS_LOCK:
             before = torch.get_num_threads()
             torch.set_num_threads(1)
@@ -153,6 +157,14 @@ def _single_threaded(fn):
             finally:
                 torch.set_num_threads(before)
     return wrapper
+
+
+def source_of(module: str, *names: str) -> str:
+    """The source of the functions `names` of this package's `module` ("norms"), read from its file
+    without importing it: the page shows the formulas by hand before torch is loaded."""
+    text = Path(__file__).with_name(f"{module}.py").read_text(encoding="utf-8")
+    defs = {n.name: n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)}
+    return "\n\n\n".join(ast.get_source_segment(text, defs[name]) for name in names) + "\n"
 
 
 class _Result:
