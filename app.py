@@ -3,7 +3,8 @@
     python app.py            # then open http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured)
 
 Hugging Face Spaces runs this file (`app_file: app.py`). Tests import `demo` and `launch_kwargs`.
-At start it removes the temporary files a killed server left behind (minigpt.recovery).
+At start it removes the temporary files a killed server left behind (minigpt.recovery). torch
+loads only once the server answers (the warm-up), so the page is up in a few seconds.
 """
 
 from minigpt.recovery import clean_at_start
@@ -14,4 +15,6 @@ clean_at_start(SAVE_ROOT)  # temporary files left by a killed server (kill -9 mi
 demo = build_ui()
 
 if __name__ == "__main__":
-    demo.launch(**launch_kwargs())
+    demo.launch(**launch_kwargs(), prevent_thread_lock=True)  # returns once the port answers
+    PLAYGROUND.warm_up()  # torch and the shipped model load while the first visitor's page opens
+    demo.block_thread()

@@ -1,6 +1,9 @@
 """What every tab shares: the server's one Playground and limits, the page handle, errors as toasts.
 
-May import gradio and minigpt's core (no other ui module).
+The Playground (and with it torch) is made on first use, not at import: the page is built and the
+server answers before torch is loaded (cold start), and `PLAYGROUND.warm_up()` loads it in the
+background once the server is up. May import gradio and minigpt's core (no other ui module); at
+import time only its torch-free modules.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import hashlib
 import inspect
 import os
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are rendered off-screen, in worker threads
 
@@ -21,9 +26,11 @@ import gradio as gr  # noqa: E402
 
 from minigpt.figure_cache import FigureCache, digest  # noqa: E402
 from minigpt.limits import Limits  # noqa: E402
-from minigpt.playground import Playground  # noqa: E402
 from minigpt.saving import session_save_dir  # noqa: E402
-from minigpt.session import Session  # noqa: E402
+
+if TYPE_CHECKING:
+    from minigpt.playground import Playground
+    from minigpt.session import Session
 
 
 def limit_malloc_arenas(n: int = 2) -> bool:
@@ -37,9 +44,48 @@ def limit_malloc_arenas(n: int = 2) -> bool:
         return False
 
 
+class SharedPlayground:
+    """The server's one Playground, made on first use by whichever thread needs it first; a thread
+    that asks while it is being made waits for it (one lock, one Playground). Attributes and `in`
+    pass through, so handlers write `PLAYGROUND.session(key)` as if it were the Playground itself."""
+
+    def __init__(self, limits: Limits):
+        self._limits, self._lock, self._playground = limits, threading.Lock(), None
+
+    def get(self) -> Playground:
+        """The Playground, made now (importing torch, ~1 s) if nobody has made it yet."""
+        if self._playground is None:  # checked again under the lock: two first callers make one
+            with self._lock:
+                if self._playground is None:
+                    from minigpt.playground import Playground
+                    self._playground = Playground(self._limits)
+        return self._playground
+
+    def warm_up(self) -> threading.Thread:
+        """Make the Playground, load the shipped model and matplotlib in a background thread, so the
+        first click does not pay for them. Call it once the server answers: on 2 cores, torch's
+        import running beside the server's start would delay the first page."""
+        def work():
+            try:
+                self.get().shipped()
+            except ValueError:  # no shipped model: the page says so when it loads
+                pass
+            import matplotlib.figure  # noqa: F401  (the first plot's import)
+
+        thread = threading.Thread(target=work, name="minigpt-warm-up", daemon=True)
+        thread.start()
+        return thread
+
+    def __getattr__(self, name: str):
+        return getattr(self.get(), name)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.get()
+
+
 limit_malloc_arenas()  # before the worker threads exist
 LIMITS = Limits.from_env()
-PLAYGROUND = Playground(LIMITS)  # the one registry of sessions (keyed by session hash) and the shared model
+PLAYGROUND = SharedPlayground(LIMITS)  # the one registry of sessions (keyed by session hash) and the shared model
 FIGURES = FigureCache(256)  # figures drawn once per distinct input, for every session
 SAVE_ROOT = Path(tempfile.gettempdir()) / "minigpt-app"  # the page's saves (app.py cleans leftovers at start)
 # The page's worker pools (Gradio's queue: events with the same concurrency_id share one limit). Cheap

@@ -13,8 +13,6 @@ and minigpt.ui.inputs / architecture.
 
 from __future__ import annotations
 
-import inspect
-
 import gradio as gr
 
 from minigpt import experiment_plots as P
@@ -68,7 +66,8 @@ def _seed():
 
 
 def _figures(kind: str, numbers_open: bool = False, code=(), links: dict | None = None):
-    """A plot and its explanation per figure, optional source code, then the numbers; returns the outputs.
+    """A plot and its explanation per figure, optional source code (module, function names), then the
+    numbers; returns the outputs.
     With `links`, the first figure is followed by its "try it in a GPT" button, put in `links[kind]`."""
     outputs = []
     for i, (key, _) in enumerate(P.FIGURES[kind]):
@@ -78,7 +77,7 @@ def _figures(kind: str, numbers_open: bool = False, code=(), links: dict | None 
             links[kind] = try_button(kind)
     if code:
         with gr.Accordion("The formulas by hand (compared with torch.nn in the numbers below)", open=False):
-            gr.Code("\n\n".join(inspect.getsource(f) for f in code), language="python", interactive=False)
+            gr.Code(E.source_of(*code), language="python", interactive=False)
     with gr.Accordion("Numbers", open=numbers_open):
         outputs.append(gr.Markdown(elem_id=f"concepts-{kind}-numbers"))
     return outputs
@@ -166,7 +165,7 @@ def build_concepts_tab() -> dict:
                     run = gr.Button("Run", variant="primary")
                 with gr.Column(scale=3):
                     outputs = _figures("norms", numbers_open=True,
-                                       code=(E.layer_norm_manual, E.batch_norm_manual), links=links)
+                                       code=("norms", "layer_norm_manual", "batch_norm_manual"), links=links)
             _wire([batch, features, shift, scale, feature_spread, bn_updates, seed], run, [norm_tab.select],
                   norm_compare, outputs, "norm_compare")
     return links

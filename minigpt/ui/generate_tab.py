@@ -10,8 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from minigpt import plots
-from minigpt.sampling import STRATEGIES, SamplingConfig
-from minigpt.views import sampling_columns
+from minigpt.config import STRATEGIES, SamplingConfig
 
 from .common import COMPARE, DECODE, LIMITS, VIEWS, Page, drawn, session_of, user_errors
 from .inputs import CheckboxGroup, Dropdown, Number, Slider
@@ -35,6 +34,7 @@ def warn_long(s, prompt):
 def compare_sampling(prompt, tokens, seed, strategies, low_t, high_t, top_k, top_p, colour, use_cache,
                      request: gr.Request = None):
     """Greedy, multinomial, temperatures (and top-k / top-p) side by side from the same prompt and seed."""
+    from minigpt.views import sampling_columns  # imports torch: not while the page is built
     s = session_of(request)
     chosen = set(strategies or [])
     unknown = chosen - set(STRATEGY_CHOICES)

@@ -4,7 +4,8 @@ and "From averaging to attention" (minigpt/averaging.py) for a text the learner 
 Endpoints: /ladder (streams), /ladder_stop, /averaging; every parameter has the page's default, so
 each can be called with no arguments. The ladder is one training job of the session
 (minigpt/ladder_session.py): it shares the Train tab's pool and lock, and either tab's Stop stops
-it. May import gradio, minigpt's core and minigpt.ui.common / inputs.
+it. May import gradio, minigpt's core (torch-free modules at import time; averaging and views in
+the handlers) and minigpt.ui.common / inputs.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ import time
 import gradio as gr
 
 from minigpt import ladder_html, ladder_session
-from minigpt.averaging import averaging
 from minigpt.ladder import LADDER_NORMS, NORM_NAMES, LadderConfig, load_measured
 from minigpt.ladder_plots import attention_vs_average_figure, averaging_figure, ladder_bars_figure, ladder_curves_figure
 from minigpt.ladder_session import LadderView
 from minigpt.limits import check_int, check_text
-from minigpt.views import one_thread
 
-from .common import INFER, LIMITS, PLAYGROUND, Page, session_of, user_errors
+from .common import INFER, LIMITS, PLAYGROUND, Page, drawn, session_of, user_errors
 from .inputs import Number, Radio, Slider
 
 PAGE_ITERS = 300          # steps per rung on the page: the whole ladder in a few minutes on 2 cores
@@ -120,6 +119,8 @@ def stop_ladder(request: gr.Request = None):
 def average(text=AVERAGING_TEXT, layer=0, head=0, request: gr.Request = None):
     """(a) loop, (b) tril matmul, (c) masked softmax for `text`, their largest differences, and (d) the
     current model's attention (layer, head) for the same tokens."""
+    from minigpt.averaging import averaging
+    from minigpt.views import one_thread
     text = check_text("text", text, LIMITS.max_prompt_chars)
     ref = session_of(request).inference_model()
     with one_thread():
@@ -139,11 +140,21 @@ def average(text=AVERAGING_TEXT, layer=0, head=0, request: gr.Request = None):
             attention_vs_average_figure(avg, int(layer or 0), int(head or 0)), numbers)
 
 
+def measured_figures(request: gr.Request = None):
+    """The measured ladder's curves and bars when the tab opens, until this session runs a ladder of
+    its own (drawn once for every session, not while the page is built: matplotlib stays off the
+    cold start)."""
+    state = ladder_session.state_of(session_of(request))
+    if state.live is not None or state.view.state != "idle" or state.view.done:
+        return gr.skip(), gr.skip()
+    measured, _ = _measured_view()
+    return drawn(ladder_curves_figure, measured), drawn(ladder_bars_figure, measured)
+
+
 def build(page: Page, tab: gr.Tab) -> dict:
     """Lay out the Build it up tab inside `tab` and wire it."""
     gr.Markdown(INTRO)
-    idle = LadderView()
-    status0, curves0, bars0, table0, samples0 = ladder_outputs(idle)
+    status0, _, _, table0, samples0 = ladder_outputs(LadderView(), curves=False, bars=False)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
             norm = Radio([(NORM_NAMES[n], n) for n in LADDER_NORMS], value="layer",
@@ -166,8 +177,8 @@ def build(page: Page, tab: gr.Tab) -> dict:
             status = gr.HTML(status0, elem_id="ladder-status")
             table = gr.HTML(table0, elem_id="ladder-table")
     with gr.Row():
-        curves = gr.Plot(curves0, show_label=False, elem_id="ladder-curves", format="png")
-        bars = gr.Plot(bars0, show_label=False, elem_id="ladder-bars", format="png")
+        curves = gr.Plot(show_label=False, elem_id="ladder-curves", format="png")
+        bars = gr.Plot(show_label=False, elem_id="ladder-bars", format="png")
     with gr.Accordion("A sample from each rung (T = 0.8, the same seed)", open=True):
         samples = gr.HTML(samples0, elem_id="ladder-samples")
 
@@ -190,13 +201,13 @@ def build(page: Page, tab: gr.Tab) -> dict:
     outputs = [status, curves, bars, table, samples]
     # The ladder is a training job: the Train tab's pool. With the playground's training queue (which
     # streams a waiting run's place) the pool needs no limit of its own, as the Train tab's.
-    limit = None if hasattr(PLAYGROUND, "training_queue") else LIMITS.max_training_jobs
     ladder_ev = run_btn.click(run_ladder, [iters, norm, n_embd, block_size, seed], outputs, api_name="ladder",
-                              concurrency_limit=limit, concurrency_id="train", show_progress="hidden")
+                              concurrency_limit=None, concurrency_id="train", show_progress="hidden")
     stop_btn.click(stop_ladder, None, outputs, api_name="ladder_stop", concurrency_limit=None,
                    show_progress="hidden", cancels=[ladder_ev])
     avg_out = [avg_plot, avg_note, attn_plot, avg_json]
     avg_btn.click(average, [text, layer, head], avg_out, api_name="averaging", **INFER)
     text.submit(average, [text, layer, head], avg_out, api_visibility="private", **INFER)
     tab.select(average, [text, layer, head], avg_out, api_visibility="private", **INFER)
+    tab.select(measured_figures, None, [curves, bars], api_visibility="private", **INFER)
     return dict(run=run_btn, stop=stop_btn, status=status)

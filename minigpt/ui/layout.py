@@ -1,7 +1,9 @@
 """The page: the header, the tabs in order, and the page-wide events; `launch_kwargs()` for launch().
 
 To add a tab: write `minigpt/ui/<name>_tab.py` with a `build(page, tab)` and add it to TABS.
-May import gradio, minigpt's core and every minigpt.ui module.
+Building the page loads no torch (tests/test_layout.py checks it): the header's device line and the
+model badge arrive with the page-load event. May import gradio, minigpt's core (at import time
+only its torch-free modules) and every minigpt.ui module.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import gc
 import shutil
 
 import gradio as gr
-import torch
 
 from minigpt import __version__, plots
 from minigpt.device import pick_precision
@@ -31,7 +32,13 @@ TABS = [  # (label, id, module): each module's build(page, tab) lays out and wir
 ]
 
 
+HEADER = ("## minigpt playground <span class='mg-sub'>train a small GPT live, compare sampling, "
+          "look inside attention · {}</span>")
+
+
 def device_line() -> str:
+    """Where training runs, in which dtype, and the versions (makes the Playground: imports torch)."""
+    import torch
     dev = PLAYGROUND.device
     small, wide = pick_precision(dev, "auto", 128).dtype, pick_precision(dev, "auto", 384).dtype
     dtype = small if small == wide else f"{small} (bfloat16 from 256 wide)"
@@ -39,10 +46,12 @@ def device_line() -> str:
 
 
 def on_load(request: gr.Request):
+    """The page opened: the header's device line and the current-model badge (waits for the warm-up)."""
+    header = HEADER.format(device_line())
     try:
-        return plots.model_html(session_of(request).info())
+        return header, plots.model_html(session_of(request).info())
     except ValueError as e:  # no shipped model: the page still works, Train makes one
-        return f'<div class="mg-model">No model yet ({e}).</div>'
+        return header, f'<div class="mg-model">No model yet ({e}).</div>'
 
 
 def on_unload(request: gr.Request):
@@ -56,8 +65,7 @@ def on_unload(request: gr.Request):
 
 def build_ui() -> gr.Blocks:
     with gr.Blocks(title="minigpt playground", delete_cache=(3600, 7200)) as demo:
-        gr.Markdown(f"## minigpt playground <span class='mg-sub'>train a small GPT live, compare sampling, "
-                    f"look inside attention · {device_line()}</span>", elem_classes="mg-header")
+        header = gr.Markdown(HEADER.format("starting…"), elem_classes="mg-header")
         badge = gr.HTML('<div class="mg-model">Loading the shipped model…</div>', elem_id="model-badge")
         page = Page(demo=demo, badge=badge)
         built = {}
@@ -66,7 +74,7 @@ def build_ui() -> gr.Blocks:
                 with gr.Tab(label, id=tab_id) as tab:
                     built[tab_id] = module.build(page, tab)
         architecture.link_concepts(tabs, built["concepts"]["try"], built["train"]["arch_targets"])
-        demo.load(on_load, None, badge, api_name="on_load", api_visibility="private", **CHEAP)
+        demo.load(on_load, None, [header, badge], api_name="on_load", api_visibility="private", **CHEAP)
         demo.unload(on_unload)
     # max_size: a classroom of 30 opening the page at once queues ~3 page-load events each.
     demo.queue(default_concurrency_limit=4, max_size=256)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import gradio as gr
 
 from minigpt import plots
+from minigpt.config import TrainConfig
 from minigpt.estimate import Estimate
-from minigpt.train import TrainConfig
 from minigpt.train_spec import SHAKESPEARE, TrainSpec, read_text_file
 from minigpt.training_view import TrainView
 
