@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import venv
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -38,6 +39,31 @@ def test_the_core_imports_neither_gradio_nor_pyplot():
     out = subprocess.run([sys.executable, "-c", "import sys, minigpt.cli, minigpt.train; print('gradio' in sys.modules)"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+HEAVY = ("torch", "matplotlib", "tiktoken", "safetensors")  # what the first page must not wait for
+
+
+def test_building_the_page_loads_no_torch():
+    """Cold start: app.py builds the page and the server answers before torch (and matplotlib,
+    tiktoken, safetensors) load; the Playground, made on first use, brings them in."""
+    code = ("import sys\nimport app\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+            "print(len(app.demo.fns) > 20, app.PLAYGROUND._playground is None)\n"
+            "app.PLAYGROUND.warm_up().join(120)\n"
+            "print('torch' in sys.modules, app.PLAYGROUND.get() is app.PLAYGROUND.get(), "
+            "app.PLAYGROUND.device in ('cpu', 'cuda', 'mps'))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["[]", "True True", "True True True"], out.stdout
+
+
+def test_the_playground_is_made_once_by_concurrent_first_callers():
+    from minigpt.ui.common import LIMITS, SharedPlayground
+    shared = SharedPlayground(LIMITS)
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: shared.get(), range(8)))
+    assert all(p is made[0] for p in made) and "nobody" not in shared
 
 
 def test_only_the_page_imports_gradio():
