@@ -199,8 +199,8 @@ def build(page: Page, tab: gr.Tab) -> dict:
             avg_json = gr.JSON(label="differences", elem_id="averaging-json")
 
     outputs = [status, curves, bars, table, samples]
-    # The ladder is a training job: the Train tab's pool. With the playground's training queue (which
-    # streams a waiting run's place) the pool needs no limit of its own, as the Train tab's.
+    # The ladder is a training job: the Train tab's pool. The playground's training queue (which
+    # streams a waiting run's place) gates it, so the pool needs no limit of its own, as the Train tab's.
     ladder_ev = run_btn.click(run_ladder, [iters, norm, n_embd, block_size, seed], outputs, api_name="ladder",
                               concurrency_limit=None, concurrency_id="train", show_progress="hidden")
     stop_btn.click(stop_ladder, None, outputs, api_name="ladder_stop", concurrency_limit=None,
