@@ -8,6 +8,7 @@ only its torch-free modules) and every minigpt.ui module.
 
 from __future__ import annotations
 
+import functools
 import gc
 import shutil
 
@@ -36,10 +37,11 @@ HEADER = ("## minigpt playground <span class='mg-sub'>train a small GPT live, co
           "look inside attention · {}</span>")
 
 
+@functools.cache  # the same for the server's life; every page load asks
 def device_line() -> str:
     """Where training runs, in which dtype, and the versions (makes the Playground: imports torch)."""
+    dev = PLAYGROUND.device  # waits for the warm-up (or makes the Playground now)
     import torch
-    dev = PLAYGROUND.device
     small, wide = pick_precision(dev, "auto", 128).dtype, pick_precision(dev, "auto", 384).dtype
     dtype = small if small == wide else f"{small} (bfloat16 from 256 wide)"
     return f"running on <b>{dev}</b> · training in {dtype} · torch {torch.__version__} · minigpt {__version__}"
