@@ -79,11 +79,14 @@ def test_quick_sizes_measure_the_issue_models():
 
 def fake_threads(monkeypatch, available: int):
     """A clock the test moves and a record of set_num_threads calls, for ThreadTuner."""
+    import torch
+
     from minigpt import device
     clock, calls = {"t": 0.0}, []
     monkeypatch.setattr(device.time, "perf_counter", lambda: clock["t"])
-    monkeypatch.setattr(device.torch, "get_num_threads", lambda: available)
-    monkeypatch.setattr(device.torch, "set_num_threads", lambda n: calls.append(n))
+    # device.py imports torch where it uses it: patch the module itself (undone after the test).
+    monkeypatch.setattr(torch, "get_num_threads", lambda: available)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
     return device, clock, calls
 
 
@@ -116,8 +119,10 @@ def test_thread_tuner_gives_up_a_slow_probe_early(monkeypatch):
 
 
 def test_one_thread_machine_needs_no_tuning(monkeypatch):
+    import torch
+
     from minigpt import device
-    monkeypatch.setattr(device.torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert not device.ThreadTuner().active
 
 
