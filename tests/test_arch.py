@@ -109,24 +109,41 @@ def test_switched_off_parts_have_no_parameters():
     assert {"transformer.h.0.ln_1.weight", "transformer.h.0.ln_1.running_mean", "transformer.ln_f.running_var"} <= bn
 
 
-def test_defaults_are_the_model_of_the_shipped_checkpoint():
-    """Same tensor names and shapes as a file written before the switches existed; it loads and predicts."""
-    header, metadata = read_header(SHIPPED)
-    assert "norm" not in json.loads(metadata["config"])  # written before the switches
-    ck = load_checkpoint(SHIPPED)
+def test_a_checkpoint_written_before_the_switches_loads_as_the_standard_gpt(tmp_path):
+    """A file whose config has no switch keys (as every file written before them): the same tensor
+    names and shapes as today's default model, loaded as the standard GPT, predicting the same."""
+    torch.manual_seed(0)
+    tok = CharTokenizer.from_text("abcdefghij ")
+    model = GPT(GPTConfig(**{**TINY, "vocab_size": tok.vocab_size})).eval()
+    path = save_checkpoint(tmp_path / "old.safetensors", model, tok, {"iters": 0})
+    header, metadata = read_header(path)
+    config = json.loads(metadata["config"])
+    old = {k: v for k, v in config.items() if k not in ("norm", "residual", "mlp", "pos_emb", "activation")}
+    save_file(load_file(path), path, metadata={**metadata, "config": json.dumps(old)})  # as written before
+    assert "norm" not in json.loads(read_header(path)[1]["config"])
+    ck = load_checkpoint(path)
     assert arch_summary(ck.config) == "standard GPT"
     assert {k: list(v.shape) for k, v in ck.model.state_dict().items() if k != "lm_head.weight"} == \
         {k: v["shape"] for k, v in header.items()}
-    text = load_text("shakespeare")
-    ids = torch.tensor(ck.tokenizer.encode(text[-20000:]))
-    x, y = ids[:64 * 8].view(8, 64), ids[1:64 * 8 + 1].view(8, 64)
+    x = torch.tensor([tok.encode("abcdefghij")])
     with torch.no_grad():
-        assert ck.model(x, y)[1].item() < 2.0  # untrained: 4.17; the shipped model's full-val loss is 1.57
+        assert torch.equal(ck.model(x)[0], model(x)[0])
+
+
+def test_the_shipped_checkpoint_is_a_standard_gpt_that_has_learned():
+    ck = load_checkpoint(SHIPPED)
+    assert arch_summary(ck.config) == "standard GPT"
+    text = load_text("shakespeare")
+    T = ck.config.block_size
+    ids = torch.tensor(ck.tokenizer.encode(text[-20000:]))
+    x, y = ids[:T * 8].view(8, T), ids[1:T * 8 + 1].view(8, T)
+    with torch.no_grad():
+        assert ck.model(x, y)[1].item() < 2.0  # untrained: 4.17; its full-validation loss is in its run card
 
 
 @pytest.mark.slow
 def test_the_shipped_checkpoint_scores_what_its_run_card_says():
-    """Written before the switches, loaded into today's model: the very same full-validation loss."""
+    """Loaded into today's model: the very same full-validation loss as its run card says."""
     from minigpt.evaluate import full_val_loss, val_split
     ck = load_checkpoint(SHIPPED)
     ids = torch.tensor(ck.tokenizer.encode(load_text("shakespeare")))
