@@ -368,8 +368,9 @@ class GPT(nn.Module):
         generation, in eval mode): logits (B, 1, vocab) of the last position, equal to the full
         forward's to float rounding, the cache filled as by it; no targets or return_attn with it.
         """
-        if last_only and (targets is not None or return_attn):
-            raise ValueError("last_only gives the last position's logits only: no loss and no attention weights")
+        if last_only and (targets is not None or return_attn or self.training):
+            raise ValueError("last_only is for generation (eval mode): the last position's logits only, "
+                             "no loss and no attention weights")
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:

@@ -53,6 +53,8 @@ def test_last_only_gives_the_last_position_of_the_full_forward(tiny_gpt):
         tiny_gpt(x, targets=x, last_only=True)
     with pytest.raises(ValueError, match="last position"):
         tiny_gpt(x, return_attn=True, last_only=True)
+    with pytest.raises(ValueError, match="eval mode"):
+        tiny_gpt.train()(x, last_only=True)
 
 
 def test_changing_a_future_token_never_changes_earlier_logits(tiny_gpt):
