@@ -4,7 +4,7 @@ The GPT's architecture switches (`norm`, `residual`, `mlp`, `pos_emb`, `activati
 out or swap them, so the ideas of the Concepts tab can be seen in a real network; the defaults are
 the standard GPT, with the same parameter names and the same code path as before the switches.
 
-`forward(idx, targets=None, kv_cache=None, return_attn=False)`: attention runs through the fused
+`forward(idx, targets=None, kv_cache=None, return_attn=False, last_only=False)`: attention runs through the fused
 `F.scaled_dot_product_attention` by default and through the explicit q·kᵀ/√d → mask → softmax → ·v
 path when the weights are asked for (the attention view) or when `explicit_attention` is set.
 `last_only=True` (generation) computes only the last position's logits: the last block needs the
