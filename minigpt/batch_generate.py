@@ -9,7 +9,10 @@ Same results as decoding each alone (`generate.generate` with the same seed):
   every row of a batch cache; every row then advances in lockstep, so all rows fill the cache at
   the same step and, past the context window, all recompute on their own last block_size tokens;
 - each row samples from its own logits with its own config and its own torch.Generator seeded
-  with the same seed, through the same `sample_next` call, so it draws the same random numbers.
+  with the same seed (`sample_rows`: what `sample_next` draws for the row), so it draws the same
+  random numbers;
+- with the cache, the prefill and the recomputations past the context ask for the last position
+  only (`last_only`), as `stream_ids` does; without it both run the full forward.
 The tokens are the same token for token. The probabilities agree to float rounding (~1e-6): a
 matrix product over B rows may round differently from one over a single row.
 """
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 from .generate import StepMaker, TokenStep, _device, make_generator, start_ids
 from .model import KVCache, new_kv_cache
-from .sampling import SamplingConfig, sample_next
+from .sampling import SamplingConfig, sample_rows
 
 
 @torch.no_grad()
@@ -52,10 +55,11 @@ def stream_ids_batch(model, ids: list[int], max_new_tokens: int, samplings: list
 
         def recompute():
             x = torch.tensor([s[-block:] for s in seqs], dtype=torch.long, device=device)
-            return model(x)[0][:, -1]
+            return model(x, last_only=use_cache)[0][:, -1]
 
         if one is not None:  # the prompt once, as alone; then its keys and values in every row
-            first = model(torch.tensor([prompt], dtype=torch.long, device=device), kv_cache=one)[0][0, -1]
+            first = model(torch.tensor([prompt], dtype=torch.long, device=device), kv_cache=one,
+                          last_only=True)[0][0, -1]
             logits = first.expand(B, -1)
             cache = KVCache(model.config, B, one.k.device, one.k.dtype)
             cache.k[:, :, :, :one.pos] = one.k[:, :, :, :one.pos]
@@ -65,7 +69,7 @@ def stream_ids_batch(model, ids: list[int], max_new_tokens: int, samplings: list
             x = torch.tensor([prompt], dtype=torch.long, device=device)
             logits = model(x)[0][0, -1].expand(B, -1)
         for i in range(max_new_tokens):
-            toks = [int(sample_next(logits[b:b + 1], samplings[b], generators[b])[0]) for b in range(B)]
+            toks = sample_rows(logits, samplings, generators)
             yield toks, logits
             if i == max_new_tokens - 1:
                 break  # the last tokens' own logits would never be used

@@ -14,9 +14,12 @@ so one long request never holds the others for its whole length.
 Same results as decoding each alone (`generate.generate`, the same seed), as in
 `batch_generate`: each request's prompt is fed once at batch 1, exactly as alone, and its keys
 and values copied into its rows; all rows of a group advance together, so they fill the cache at
-the same step and, past the context window, all recompute on their own last block_size tokens;
-each row samples its own logits with its own config and its own generator. A request that has
-all its tokens (or whose consumer stopped) leaves the batch: its cache rows are dropped.
+the same step and, past the context window, all recompute on their own last block_size tokens
+(the last position only, `last_only`, with the cache on, as alone); each row samples its own
+logits with its own config and its own generator (`sample_rows`). Rows whose windows are the
+same (the greedy rows of one prompt; Compares with the same prompt and seed) have the same
+logits: a recomputation runs each window once. A request that has all its tokens (or whose
+consumer stopped) leaves the batch: its cache rows are dropped.
 
 Errors never hang a caller: anything raised while decoding reaches every request of the group
 (or, if the thread itself fails, every request) as a DecodeError. Core module: no gradio.
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 
 from .generate import StepMaker, TokenStep, _device, make_generator, start_ids
 from .model import KVCache, new_kv_cache
-from .sampling import SamplingConfig, sample_next
+from .sampling import SamplingConfig, sample_rows
 from .views import evaluating, one_thread
 
 
@@ -75,7 +78,7 @@ class _Group:
                     firsts.append(model(x)[0][0, -1].expand(r.rows, -1))
                     continue
                 one.reset()
-                firsts.append(model(x, kv_cache=one)[0][0, -1].expand(r.rows, -1))
+                firsts.append(model(x, kv_cache=one, last_only=True)[0][0, -1].expand(r.rows, -1))
                 self.cache.k[:, row:row + r.rows, :, :one.pos] = one.k[:, :, :, :one.pos]
                 self.cache.v[:, row:row + r.rows, :, :one.pos] = one.v[:, :, :, :one.pos]
                 self.cache.pos = one.pos
@@ -85,12 +88,15 @@ class _Group:
     def step(self) -> bool:
         """Sample a token for every row, hand each request its step, drop the rows that are done and
         run one forward for the rest. False when no row is left."""
-        logits, toks, row = self.logits, [], 0
+        logits, toks, live, cfgs, gens, row = self.logits, [0] * len(self.seqs), [], [], [], 0
         for r in self.reqs:
-            for j in range(r.rows):
-                toks.append(0 if r.cancelled else
-                            int(sample_next(logits[row + j:row + j + 1], r.samplings[j], r.generators[j])[0]))
+            if not r.cancelled:
+                live.extend(range(row, row + r.rows))
+                cfgs.extend(r.samplings)
+                gens.extend(r.generators)
             row += r.rows
+        for b, t in zip(live, sample_rows(logits[live], cfgs, gens)):
+            toks[b] = t
         # The read-outs of every row at once: one softmax and one top-N for the whole batch.
         probs = F.softmax(logits.float(), dim=-1)
         k = min(max(r.top_n for r in self.reqs), probs.size(-1))
@@ -122,8 +128,12 @@ class _Group:
                 x = torch.tensor([[t] for t in toks], dtype=torch.long, device=self.device)
                 self.logits = self.model(x, kv_cache=self.cache)[0][:, -1]
             else:  # the cache is full (or off): every row recomputes on its own last block_size tokens
-                x = torch.tensor([s[-self.block:] for s in self.seqs], dtype=torch.long, device=self.device)
-                self.logits = self.model(x)[0][:, -1]
+                windows = [tuple(s[-self.block:]) for s in self.seqs]
+                first: dict[tuple, int] = {}
+                which = [first.setdefault(w, len(first)) for w in windows]  # each row's distinct window
+                x = torch.tensor(list(first), dtype=torch.long, device=self.device)
+                logits = self.model(x, last_only=self.cache is not None)[0][:, -1]
+                self.logits = logits if len(first) == len(windows) else logits[which]
         return True
 
 

@@ -1,8 +1,9 @@
 """Text generation: a streaming generator with a KV cache, and the naive reference it must match.
 
 The cached path feeds the prompt once, then one token per step; when the cache is full (learned
-position embeddings end at block_size) it recomputes on the last block_size tokens each step,
-exactly what the naive reference does all along.
+position embeddings end at block_size) it recomputes on the last block_size tokens each step, what
+the naive reference does all along. The cached path asks the model for the last position's logits
+only (`last_only`: the last block skips the rest); the reference runs the full forward.
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ def stream_ids(model, ids: list[int], max_new_tokens: int, sampling: SamplingCon
 
         def recompute():
             x = torch.tensor([seq[-block:]], dtype=torch.long, device=device)
-            return model(x)[0][0, -1]
+            return model(x, last_only=cache is not None)[0][0, -1]
 
         if cache is not None:
-            logits = model(torch.tensor([seq], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1]
+            logits = model(torch.tensor([seq], dtype=torch.long, device=device), kv_cache=cache,
+                           last_only=True)[0][0, -1]
         else:
             logits = recompute()
         for i in range(max_new_tokens):

@@ -4,9 +4,11 @@ The GPT's architecture switches (`norm`, `residual`, `mlp`, `pos_emb`, `activati
 out or swap them, so the ideas of the Concepts tab can be seen in a real network; the defaults are
 the standard GPT, with the same parameter names and the same code path as before the switches.
 
-`forward(idx, targets=None, kv_cache=None, return_attn=False)`: attention runs through the fused
+`forward(idx, targets=None, kv_cache=None, return_attn=False, last_only=False)`: attention runs through the fused
 `F.scaled_dot_product_attention` by default and through the explicit q·kᵀ/√d → mask → softmax → ·v
 path when the weights are asked for (the attention view) or when `explicit_attention` is set.
+`last_only=True` (generation) computes only the last position's logits: the last block needs the
+keys and values of every position but the query, attention, projection and MLP of the last only.
 `GPTConfig` and its helpers live in minigpt/config.py (torch-free) and are importable from here.
 """
 
@@ -132,15 +134,22 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.explicit = False  # force the explicit path (tests, teaching)
 
-    def forward(self, x, kv_cache: KVCache | None = None, return_attn: bool = False):
-        B, T, C = x.shape
+    def forward(self, x, kv_cache: KVCache | None = None, return_attn: bool = False, last_only: bool = False):
+        """(output, attention weights or None); with last_only the output (and query) of the last position only."""
+        B, Tx, C = x.shape
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)
+        if last_only:  # keys and values of every position (the cache needs them), the query of the last one
+            w, b = self.c_attn.weight, self.c_attn.bias
+            q = F.linear(x[:, -1:], w[:C], None if b is None else b[:C])
+            k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)
+        else:
+            q, k, v = self.c_attn(x).split(C, dim=2)
+        T = q.size(1)  # query positions: Tx, or 1 with last_only
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        k = k.view(B, Tx, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, Tx, self.n_head, hs).transpose(1, 2)
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer, k, v)  # (B, nh, Tk, hs), Tk = cached + T
+            k, v = kv_cache.update(self.layer, k, v)  # (B, nh, Tk, hs), Tk = cached + Tx
         Tk = k.size(2)
         att = None
         if return_attn or self.explicit or _slow_fused_backward(x):
@@ -188,8 +197,9 @@ class Block(nn.Module):
         else:
             self.mlp = None
 
-    def forward(self, x, kv_cache=None, return_attn=False):
-        a, att = self.attn(self.ln_1(x), kv_cache, return_attn)  # pre-norm: normalise, then add
+    def forward(self, x, kv_cache=None, return_attn=False, last_only=False):
+        a, att = self.attn(self.ln_1(x), kv_cache, return_attn, last_only)  # pre-norm: normalise, then add
+        x = x[:, -1:] if last_only else x  # (B, 1, C): the other positions are needed no further
         x = x + a if self.residual else a
         if self.mlp is not None:
             m = self.mlp(self.ln_2(x))
@@ -235,12 +245,18 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.explicit = on
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, return_attn: bool = False):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, return_attn: bool = False,
+                last_only: bool = False):
         """Logits (B, T, vocab); loss if targets; attention weights per layer if return_attn.
 
         With a kv_cache, idx holds only the new tokens and positions continue from the cache.
-        Returns (logits, loss) or (logits, loss, [att per layer (B, nh, T, Tk)]).
+        Returns (logits, loss) or (logits, loss, [att per layer (B, nh, T, Tk)]). last_only (for
+        generation, in eval mode): logits (B, 1, vocab) of the last position, equal to the full
+        forward's to float rounding, the cache filled as by it; no targets or return_attn with it.
         """
+        if last_only and (targets is not None or return_attn or self.training):
+            raise ValueError("last_only is for generation (eval mode): the last position's logits only, "
+                             "no loss and no attention weights")
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -250,11 +266,12 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
         x = self.transformer.drop(x)
         atts = []
-        for block in self.transformer.h:
-            x, att = block(x, kv_cache, return_attn)
+        for i, block in enumerate(self.transformer.h):
+            x, att = block(x, kv_cache, return_attn, last_only and i == len(self.transformer.h) - 1)
             atts.append(att)
         if kv_cache is not None:
             kv_cache.advance(T)
+        x = x[:, -1:] if last_only else x  # (with no blocks, the embeddings are cropped here)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
@@ -275,8 +292,8 @@ class Bigram(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, kv_cache=None, return_attn=False):
-        logits = self.token_logits(idx)  # (B, T, vocab)
+    def forward(self, idx, targets=None, kv_cache=None, return_attn=False, last_only=False):
+        logits = self.token_logits(idx[:, -1:] if last_only else idx)  # (B, T, vocab)
         if kv_cache is not None:
             kv_cache.advance(idx.size(1))
         loss = None

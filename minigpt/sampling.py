@@ -45,6 +45,30 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
+def sample_rows(logits: torch.Tensor, cfgs: list[SamplingConfig], generators: list) -> list[int]:
+    """One token id per row of logits (B, vocab), row b exactly what
+    `sample_next(logits[b:b + 1], cfgs[b], generators[b])` draws (the same random numbers).
+
+    Rows with the same settings are filtered and normalised as one batch; only the draws run row by
+    row, each from its own generator (a batched draw would share one stream of random numbers).
+    """
+    out = [0] * len(cfgs)
+    groups: dict[tuple, list[int]] = {}
+    for b, cfg in enumerate(cfgs):
+        key = ("greedy",) if cfg.strategy == "greedy" else (cfg.strategy, cfg.temperature, cfg.top_k, cfg.top_p)
+        groups.setdefault(key, []).append(b)
+    for rows in groups.values():
+        cfg, part = cfgs[rows[0]], logits[rows]
+        if cfg.strategy == "greedy":
+            toks = part.argmax(dim=-1).tolist()
+        else:
+            probs = F.softmax(scaled_logits(part, cfg), dim=-1).cpu()
+            toks = [int(torch.multinomial(probs[i:i + 1], 1, generator=generators[b])) for i, b in enumerate(rows)]
+        for b, t in zip(rows, toks):
+            out[b] = t
+    return out
+
+
 def temperature_from_probs(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """The seed notebook's form: probs ** (1/T), renormalised. Equals softmax(logits / T)."""
     p = probs.double() ** (1.0 / temperature)

@@ -36,6 +36,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def forward_sizes(block: int, rows, cache: bool = True) -> list[int]:
+    """The batch of each forward a decoding group runs after its prefills: every row still decoding
+    while the cache has room, then (recomputing) each distinct window once. rows: (prompt ids, generated ids)."""
+    sizes = []
+    for i in range(max(len(g) for _, g in rows) - 1):
+        live = [tuple((p + g[:i + 1])[-block:]) for p, g in rows if len(g) - 1 > i]
+        sizes.append(len(live) if cache and len(rows[0][0]) + i < block else len(set(live)))
+    return sizes
+
+
 def wait_for(cond, timeout=60.0, every=0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

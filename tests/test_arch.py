@@ -80,6 +80,27 @@ def test_every_combination_generates_the_same_with_and_without_the_cache():
         assert cached == naive, switches
 
 
+def test_every_combination_gives_the_full_forwards_last_logits_with_last_only():
+    """last_only (generation) equals the full forward's last position, with and without the cache,
+    and fills the cache as the full forward does."""
+    x = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(2))
+    for switches, bias in itertools.product(_combos(), (False, True)):
+        model = _tiny(bias=bias, **switches)
+        with torch.no_grad():
+            full = model(x)[0]
+            last = model(x, last_only=True)[0]
+            cache, ref = new_kv_cache(model, 3), new_kv_cache(model, 3)
+            parts = [model(x[:, :7], kv_cache=cache, last_only=True)[0],  # the prefill
+                     model(x[:, 7:9], kv_cache=cache, last_only=True)[0],  # two new tokens after it
+                     model(x[:, 9:10], kv_cache=cache, last_only=True)[0]]
+            model(x[:, :10], kv_cache=ref)
+        assert last.shape == (3, 1, 20) and torch.allclose(last, full[:, -1:], atol=1e-5), (switches, bias)
+        for part, at in zip(parts, (6, 8, 9)):
+            assert part.shape == (3, 1, 20) and torch.allclose(part, full[:, at:at + 1], atol=1e-5), (switches, bias)
+        assert cache.pos == ref.pos == 10
+        assert torch.allclose(cache.k, ref.k, atol=1e-5) and torch.allclose(cache.v, ref.v, atol=1e-5)
+
+
 def test_parameter_counts_follow_the_formulas():
     V, T, L, C = 20, 12, 2, 16
     attn, mlp = 4 * C * C, 8 * C * C

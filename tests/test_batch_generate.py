@@ -9,6 +9,8 @@ from minigpt.model import GPT, Bigram, GPTConfig
 from minigpt.sampling import SamplingConfig
 from minigpt.tokenizers import CharTokenizer
 
+from conftest import forward_sizes
+
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak.\n"
 STRATEGIES = [SamplingConfig("greedy"), SamplingConfig("multinomial"), SamplingConfig("temperature", 0.5),
               SamplingConfig("temperature", 2.0), SamplingConfig("temperature", 1.0, top_k=5),
@@ -119,7 +121,9 @@ def test_session_compare_decodes_one_batch_and_matches_each_alone(tmp_path, tok,
     final = views[-1]
     assert len(final) == 6 and all(c["done"] and c["n"] == n for c in final)
     assert all(len(v) == 6 for v in views)  # every yield: all the columns, as before
-    assert len(spy.batches) == n and set(spy.batches[1:]) == {6}  # one forward a token for all six
+    # One forward a token for all six; past the context (16) each distinct window once.
+    rows = [(tok.encode("First"), s.comparison[name]["ids"]) for name, _ in cols]
+    assert spy.batches == [1] + [6] * 11 + forward_sizes(16, rows)[11:]
     for (name, sampling), col in zip(cols, final):
         alone = list(generate(model, tok, "First", n, SamplingConfig(**sampling.to_dict()), seed=11, top_n=5))
         assert col["text"] == "".join(a.text for a in alone), name

@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from conftest import wait_for
+from conftest import forward_sizes, wait_for
 from minigpt.decode_batcher import DecodeBatcher, DecodeError
 from minigpt.generate import generate
 from minigpt.model import GPT, Bigram, GPTConfig
@@ -77,8 +77,12 @@ def test_concurrent_requests_share_one_forward_a_token_and_each_matches_alone(gp
                                                                                  use_cache=use_cache))
                               for p, n, c, s in REQUESTS])
     spy.handle.remove()
-    # Each prompt once at batch 1, then one forward a token for every row still decoding: 9, 6 then 4 rows.
-    assert spy.batches == [1, 1, 1] + [9] * 7 + [6] * 4 + [4] * 18
+    # Each prompt once at batch 1, then one forward a token for every row still decoding: 9, 6 then 4
+    # rows; recomputing (past the context, or without the cache), each distinct window once.
+    rows = [(tok.encode(p), [r[b].id for r in out]) for (p, n, c, s), out in zip(REQUESTS, outs) for b in range(len(c))]
+    assert spy.batches == [1, 1, 1] + forward_sizes(16, rows, use_cache)
+    if use_cache:
+        assert spy.batches[3:14] == [9] * 7 + [6] * 4
     for (prompt, n, cfgs, seed), rows in zip(REQUESTS, outs):
         assert len(rows) == n and all(len(r) == len(cfgs) for r in rows)
         for b, cfg in enumerate(cfgs):
@@ -87,6 +91,24 @@ def test_concurrent_requests_share_one_forward_a_token_and_each_matches_alone(gp
             assert "".join(r[b].text for r in rows) == "".join(a.text for a in alone)
             assert all(abs(a.prob - r[b].prob) < 1e-5 and len(r[b].top_ids) == 5 for a, r in zip(alone, rows))
     assert wait_for(lambda: batcher._thread is None, timeout=10)  # idle: the thread is gone
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_rows_with_the_same_window_are_recomputed_once(gpt, tok, use_cache):
+    """Three Compares with the same prompt and seed (a classroom's defaults): past the context each
+    window runs once, and every row still gets what it gets alone."""
+    batcher = DecodeBatcher()
+    spy = CountingForward(gpt)
+    n, cfgs = 24, [G, M, T2]
+    outs = together(batcher, [lambda: list(batcher.generate(gpt, tok, "First", n, cfgs, seed=9, use_cache=use_cache))
+                              for _ in range(3)])
+    spy.handle.remove()
+    one = [(tok.encode("First"), [r[b].id for r in outs[0]]) for b in range(len(cfgs))]
+    cached = 11 if use_cache else 0  # prompt 5, context 16: nine rows through the cache, then one request's windows
+    assert spy.batches == [1, 1, 1] + [9] * cached + forward_sizes(16, one, use_cache)[cached:]
+    for rows in outs:
+        for b, cfg in enumerate(cfgs):
+            assert [r[b].id for r in rows] == alone_ids(gpt, tok, "First", n, cfg, 9, use_cache), cfg
 
 
 def test_different_prompt_lengths_run_as_separate_groups_stepped_in_turn(gpt, tok):
@@ -192,7 +214,8 @@ def test_a_late_request_joins_the_next_group_or_starts_its_own_after_join_wait(g
             assert gate.wait(30)
 
     hook = gpt.register_forward_pre_hook(hold)
-    first = threading.Thread(target=lambda: list(batcher.generate(gpt, tok, "First", 20, [G, M], seed=1)))
+    early = []
+    first = threading.Thread(target=lambda: early.extend(batcher.generate(gpt, tok, "First", 20, [G, M], seed=1)))
     first.start()
     assert wait_for(lambda: len(sizes) == 5, timeout=30)
     late = []
@@ -203,7 +226,10 @@ def test_a_late_request_joins_the_next_group_or_starts_its_own_after_join_wait(g
     first.join(30), second.join(30)
     hook.remove()
     if join_wait:  # waited for the first group to finish: 1 + 19 forwards of 2 rows, then its own 1 + 19 of 3
-        assert sizes == [1] + [2] * 19 + [1] + [3] * 19
+        columns = [(tok.encode(p), [r[b].id for r in out]) for p, out in (("First", early), ("Speak", late))
+                   for b in range(len(out[0]))]
+        assert sizes == [1] + forward_sizes(16, columns[:2]) + [1] + forward_sizes(16, columns[2:])
+        assert sizes[:12] == [1] + [2] * 11 and sizes[20:32] == [1] + [3] * 11
     else:  # started at once, stepped in turn with the first group
         assert sizes.index(3) < len(sizes) - 1 - sizes[::-1].index(2)
     assert [r[0].id for r in late] == alone_ids(gpt, tok, "Speak", 20, T2, 2)
@@ -233,7 +259,11 @@ def test_sessions_comparing_at_once_share_the_shipped_models_batch(tmp_path, tok
     outs = together(pg.batcher, [lambda s=s, i=i: list(s.compare("First", n, 100 + i, cols, interval=0.0))
                                  for i, s in enumerate(sessions)])
     spy.handle.remove()
-    assert spy.batches == [1, 1, 1] + [12] * (n - 1)  # one forward a token for the three sessions' twelve rows
+    # One forward a token for the three sessions' twelve rows: 11 steps through the cache (prompt 5,
+    # context 16), then recomputations, each distinct window once (the greedy rows of one prompt share one).
+    rows = [(tok.encode("First"), s.comparison[name]["ids"]) for s in sessions for name, _ in cols]
+    assert spy.batches == [1, 1, 1] + [12] * 11 + forward_sizes(16, rows)[11:]
+    assert max(spy.batches[14:]) <= 10
     for i, (s, views) in enumerate(zip(sessions, outs)):
         final = views[-1]
         assert all(len(v) == 4 for v in views) and all(c["done"] and c["n"] == n for c in final)

@@ -40,6 +40,23 @@ def test_return_attn_gives_one_map_per_layer(tiny_gpt):
     assert loss is None and logits.shape == (1, 7, 40)
 
 
+def test_last_only_gives_the_last_position_of_the_full_forward(tiny_gpt):
+    tiny_gpt.eval()
+    x = torch.randint(0, 40, (3, 16))
+    full = tiny_gpt(x)[0]
+    assert torch.allclose(tiny_gpt(x, last_only=True)[0], full[:, -1:], atol=1e-5)
+    tiny_gpt.set_explicit_attention(True)  # the explicit path too
+    assert torch.allclose(tiny_gpt(x, last_only=True)[0], full[:, -1:], atol=1e-5)
+    bigram = Bigram(GPTConfig(model="bigram", vocab_size=40))
+    assert torch.equal(bigram(x, last_only=True)[0], bigram(x)[0][:, -1:])
+    with pytest.raises(ValueError, match="last position"):
+        tiny_gpt(x, targets=x, last_only=True)
+    with pytest.raises(ValueError, match="last position"):
+        tiny_gpt(x, return_attn=True, last_only=True)
+    with pytest.raises(ValueError, match="eval mode"):
+        tiny_gpt.train()(x, last_only=True)
+
+
 def test_changing_a_future_token_never_changes_earlier_logits(tiny_gpt):
     tiny_gpt.eval()
     x = torch.randint(0, 40, (1, 16))
@@ -113,6 +130,7 @@ def test_a_gpt_with_no_blocks_is_embeddings_into_the_head(tmp_path):
     x = torch.tensor([[3, 1, 4, 1, 5]])
     wte, wpe = m.transformer.wte.weight, m.transformer.wpe.weight
     assert torch.allclose(m(x)[0][0], (wte[x[0]] + wpe[:5]) @ wte.T, atol=1e-6)
+    assert torch.allclose(m(x, last_only=True)[0], m(x)[0][:, -1:], atol=1e-6)
     assert m(x, return_attn=True)[2] == []
     sampling = SamplingConfig("greedy")
     cached = [t for t, _ in stream_ids(m, [3, 1], 12, sampling, use_cache=True)]

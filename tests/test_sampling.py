@@ -4,13 +4,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minigpt.sampling import SamplingConfig, next_token_probs, sample_next, scaled_logits, temperature_from_probs
+from minigpt.sampling import (SamplingConfig, next_token_probs, sample_next, sample_rows, scaled_logits,
+                              temperature_from_probs)
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0]])
 
 
 def test_greedy_is_argmax():
     assert sample_next(LOGITS, SamplingConfig("greedy")).item() == 0
+
+
+def test_sample_rows_draws_what_each_row_draws_alone():
+    """Batched filtering, per-row draws: the same tokens, and each generator left where sample_next leaves it."""
+    cfgs = [SamplingConfig("greedy"), SamplingConfig("multinomial"), SamplingConfig("temperature", 0.5),
+            SamplingConfig("temperature", 2.0), SamplingConfig("temperature", 0.8, top_k=5),
+            SamplingConfig("multinomial", top_p=0.9), SamplingConfig("temperature", 1.2, top_k=7, top_p=0.5)] * 4
+    for trial in range(10):
+        logits = torch.randn(len(cfgs), 65, generator=torch.Generator().manual_seed(trial)) * (1 + trial)
+        alone = [torch.Generator().manual_seed(b % 5) for b in range(len(cfgs))]
+        batched = [torch.Generator().manual_seed(b % 5) for b in range(len(cfgs))]
+        want = [int(sample_next(logits[b:b + 1], c, g)[0]) for b, (c, g) in enumerate(zip(cfgs, alone))]
+        assert sample_rows(logits, cfgs, batched) == want
+        assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(alone, batched))
+    assert sample_rows(torch.zeros(0, 65), [], []) == []
 
 
 def test_seed_notebook_temperature_equals_softmax_of_scaled_logits():
