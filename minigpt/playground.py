@@ -157,14 +157,15 @@ class Playground:
                 del self._sessions[k]
         return len(idle)
 
-    def drop(self, key: str) -> bool:
-        """Forget a session (its tab closed): stop its training; the model goes with the last reference."""
+    def drop(self, key: str) -> "Session | None":
+        """Forget a session (its tab closed): stop its training; the model goes with the last reference.
+        Returns the session dropped (None if there was none)."""
         with self._lock:
             s = self._sessions.pop(key, None)
         self.training_queue.cancel_key(key)  # a run still waiting for its turn never starts
         if s is not None:
             s.stop_event.set()
-        return s is not None
+        return s
 
     def __len__(self) -> int:
         return len(self._sessions)
