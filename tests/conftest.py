@@ -36,6 +36,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class CountingForward:
+    """Counts the model's forward calls and the batch size of each."""
+
+    def __init__(self, model):
+        self.batches = []
+        self.handle = model.register_forward_pre_hook(lambda m, args, kwargs: self.batches.append(args[0].shape[0]),
+                                                      with_kwargs=True)
+
+
 def forward_sizes(block: int, rows, cache: bool = True) -> list[int]:
     """The batch of each forward a decoding group runs after its prefills: every row still decoding
     while the cache has room, then (recomputing) each distinct window once. rows: (prompt ids, generated ids)."""

@@ -9,7 +9,7 @@ from minigpt.model import GPT, Bigram, GPTConfig
 from minigpt.sampling import SamplingConfig
 from minigpt.tokenizers import CharTokenizer
 
-from conftest import forward_sizes
+from conftest import CountingForward, forward_sizes
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak.\n"
 STRATEGIES = [SamplingConfig("greedy"), SamplingConfig("multinomial"), SamplingConfig("temperature", 0.5),
@@ -66,15 +66,6 @@ def test_bigram_batches_too(tok):
                                seed=2))
     for b, cfg in enumerate([SamplingConfig("greedy"), SamplingConfig("temperature", 1.5)]):
         assert [r[b].id for r in rows] == [s.id for s in _alone(model, tok, "Sp", 20, cfg, seed=2)]
-
-
-class CountingForward:
-    """Counts the model's forward calls and the batch size of each."""
-
-    def __init__(self, model):
-        self.batches = []
-        self.handle = model.register_forward_pre_hook(lambda m, args, kwargs: self.batches.append(args[0].shape[0]),
-                                                      with_kwargs=True)
 
 
 def test_one_forward_a_step_for_all_strategies(gpt, tok):

@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from conftest import forward_sizes, wait_for
+from conftest import CountingForward, forward_sizes, wait_for
 from minigpt.decode_batcher import DecodeBatcher, DecodeError
 from minigpt.generate import generate
 from minigpt.model import GPT, Bigram, GPTConfig
@@ -27,15 +27,6 @@ def tok():
 def gpt(tok):
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
-
-
-class CountingForward:
-    """Counts the model's forward calls and the batch size of each."""
-
-    def __init__(self, model):
-        self.batches = []
-        self.handle = model.register_forward_pre_hook(lambda m, args, kwargs: self.batches.append(args[0].shape[0]),
-                                                      with_kwargs=True)
 
 
 def together(batcher, calls):
