@@ -127,9 +127,16 @@ def start_training(tmp_path, out, extra_env=None):
     env = {**os.environ, "MINIGPT_DATA_DIR": str(tmp_path / "data"), "TMPDIR": str(tmp_path / "tmp"),
            "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     (tmp_path / "tmp").mkdir(exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "minigpt", "train", "--data", str(text), "--max-seconds", "60",
-                             *TINY, "--eval-interval", "1000", "--log-json", "--log-interval", "1", "--out", str(out)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a process started in the background of a script inherits SIGINT ignored, and
+    # Python then keeps ignoring it (no KeyboardInterrupt); handled here, the child starts with the default.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "minigpt", "train", "--data", str(text), "--max-seconds",
+                                 "60", *TINY, "--eval-interval", "1000", "--log-json", "--log-interval", "1",
+                                 "--out", str(out)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, old)
     steps = 0
     for line in proc.stdout:  # wait for a few real steps
         if json.loads(line).get("event") == "step":
