@@ -14,6 +14,7 @@ keys and values of every position but the query, attention, projection and MLP o
 
 from __future__ import annotations
 
+import functools
 import math
 import torch
 import torch.nn as nn
@@ -102,19 +103,11 @@ def causal_mask(t_query: int, t_key: int, device) -> torch.Tensor:
     return k <= q
 
 
-_BIAS: dict = {}
-
-
+@functools.lru_cache(maxsize=64)  # a read-only constant per shape and device
 def causal_bias(t_query: int, t_key: int, device) -> torch.Tensor:
     """`causal_mask` as an additive (t_query, t_key) fp32 bias: 0 where a query may look, -inf where not."""
-    key = (t_query, t_key, str(device))
-    bias = _BIAS.get(key)
-    if bias is None:
-        bias = torch.zeros(t_query, t_key, device=device).masked_fill(~causal_mask(t_query, t_key, device),
-                                                                      float("-inf"))
-        if len(_BIAS) < 64:  # a read-only constant per shape; bounded
-            _BIAS[key] = bias
-    return bias
+    return torch.zeros(t_query, t_key, device=device).masked_fill(~causal_mask(t_query, t_key, device),
+                                                                  float("-inf"))
 
 
 def _slow_fused_backward(x: torch.Tensor) -> bool:

@@ -23,6 +23,24 @@ def small_text():
     return SMALL_TEXT
 
 
+SHORT_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak.\n"
+
+
+@pytest.fixture
+def tok():
+    """A character tokenizer of a short text (the batched-decoding tests' vocabulary)."""
+    from minigpt.tokenizers import CharTokenizer
+    return CharTokenizer.from_text(SHORT_TEXT)
+
+
+@pytest.fixture
+def gpt(tok):
+    """A tiny untrained GPT in eval mode over `tok`'s vocabulary, context 16."""
+    from minigpt.model import GPT, GPTConfig
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
 @pytest.fixture
 def tiny_gpt():
     from minigpt.model import GPT, GPTConfig

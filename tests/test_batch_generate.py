@@ -5,27 +5,14 @@ import torch
 
 from minigpt.batch_generate import generate_batch, stream_ids_batch
 from minigpt.generate import generate, make_generator, stream_ids
-from minigpt.model import GPT, Bigram, GPTConfig
+from minigpt.model import Bigram, GPTConfig
 from minigpt.sampling import SamplingConfig
-from minigpt.tokenizers import CharTokenizer
 
-from conftest import CountingForward, forward_sizes
+from conftest import SHORT_TEXT, CountingForward, forward_sizes
 
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak.\n"
 STRATEGIES = [SamplingConfig("greedy"), SamplingConfig("multinomial"), SamplingConfig("temperature", 0.5),
               SamplingConfig("temperature", 2.0), SamplingConfig("temperature", 1.0, top_k=5),
               SamplingConfig("temperature", 0.9, top_p=0.8), SamplingConfig("multinomial", top_k=3, top_p=0.5)]
-
-
-@pytest.fixture
-def tok():
-    return CharTokenizer.from_text(TEXT)
-
-
-@pytest.fixture
-def gpt(tok):
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
 
 
 def _alone(model, tok, prompt, n, sampling, seed, use_cache=True):
@@ -34,7 +21,7 @@ def _alone(model, tok, prompt, n, sampling, seed, use_cache=True):
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-@pytest.mark.parametrize("prompt,n", [("First", 8), ("Speak", 40), (TEXT[:30], 25), ("", 12)])
+@pytest.mark.parametrize("prompt,n", [("First", 8), ("Speak", 40), (SHORT_TEXT[:30], 25), ("", 12)])
 def test_each_column_is_what_it_gives_alone_token_for_token(gpt, tok, prompt, n, use_cache):
     # block_size 16: "Speak" + 40 tokens and the 30-character prompt run past the context window.
     batch = list(generate_batch(gpt, tok, prompt, n, [SamplingConfig(**s.to_dict()) for s in STRATEGIES], seed=7,

@@ -8,25 +8,12 @@ import torch
 from conftest import CountingForward, forward_sizes, wait_for
 from minigpt.decode_batcher import DecodeBatcher, DecodeError
 from minigpt.generate import generate
-from minigpt.model import GPT, Bigram, GPTConfig
+from minigpt.model import Bigram, GPTConfig
 from minigpt.sampling import SamplingConfig
-from minigpt.tokenizers import CharTokenizer
 
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak.\n"
 G, M = SamplingConfig("greedy"), SamplingConfig("multinomial")
 T05, T2 = SamplingConfig("temperature", 0.5), SamplingConfig("temperature", 2.0)
 TOPK, TOPP = SamplingConfig("multinomial", top_k=3), SamplingConfig("temperature", 0.9, top_p=0.8)
-
-
-@pytest.fixture
-def tok():
-    return CharTokenizer.from_text(TEXT)
-
-
-@pytest.fixture
-def gpt(tok):
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
 
 
 def together(batcher, calls):
