@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -13,10 +14,31 @@ from conftest import ROOT, free_port, wait_for
 from minigpt.bench import stop_process
 
 
+# One TLS context for every client of a load test. gradio_client opens an httpx connection per call and,
+# by default, each one builds a TLS context from the CA bundle (~15 ms of CPU) even for plain http:
+# 30 clients in one process then spent most of their CPU, under their one interpreter lock, on that
+# (cProfile/py-spy: ssl.create_default_context was 44% of the client's samples), on the cores the server
+# needs. A browser does none of it; handing httpx a ready context skips it.
+LOCAL_TLS = ssl.create_default_context()
+
+
+def client(url: str, **kwargs):
+    """A gradio_client Client for a load test: quiet, a 120 s timeout, the shared TLS context."""
+    from gradio_client import Client
+    return Client(url, verbose=False, ssl_verify=LOCAL_TLS, httpx_kwargs={"timeout": 120}, **kwargs)
+
+
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     """A process's resident memory (VmRSS) or its peak (VmHWM), in MB."""
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, its threads included), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def percentile(values, q: float) -> float:
@@ -66,11 +88,11 @@ def timed(record, name: str, call, check) -> None:
 def figures(results) -> dict:
     """Per endpoint, from (name, seconds, error) records: errors, count, p50, p95 and max seconds."""
     by_name = {}
-    for name, secs, _ in results:
+    for name, secs, *_ in results:
         by_name.setdefault(name, []).append(secs)
-    errors = [f"{name}: {err}" for name, _, err in results if err]
+    errors = [f"{name}: {err}" for name, _, err, *_ in results if err]
     return {"requests": len(results), "errors": len(errors), "error_messages": errors[:20],
-            "errors_by_endpoint": {k: sum(1 for n, _, e in results if n == k and e) for k in by_name},
+            "errors_by_endpoint": {k: sum(1 for n, _, e, *_ in results if n == k and e) for k in by_name},
             "count": {k: len(v) for k, v in by_name.items()},
             "p50_s": {k: round(statistics.median(v), 2) for k, v in by_name.items()},
             "p95_s": {k: round(percentile(v, 0.95), 2) for k, v in by_name.items()},

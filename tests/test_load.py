@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT  # noqa: E402
-from loadkit import app_server, figures, rss_mb, run_all, timed  # noqa: E402
+from loadkit import app_server, client, figures, rss_mb, run_all, timed  # noqa: E402
 
 CLIENTS = 8
 ROUNDS = 3
@@ -55,10 +55,8 @@ def script(i: int):
 
 
 def run_round(url: str, results: list):
-    from gradio_client import Client
-
     def client_main(i):
-        c = Client(url, verbose=False)
+        c = client(url)
         try:
             for name, kwargs, api, check in script(i):
                 timed(lambda *r: results.append(r), name, lambda: c.predict(**kwargs, api_name=api), check)

@@ -2,8 +2,8 @@
 
 The Playground (and with it torch) is made on first use, not at import: the page is built and the
 server answers before torch is loaded (cold start), and `PLAYGROUND.warm_up()` loads it in the
-background once the server is up. May import gradio and minigpt's core (no other ui module); at
-import time only its torch-free modules.
+background once the server is up. May import gradio, minigpt's core (at import time only its
+torch-free modules) and minigpt.ui.gradio_costs (no other ui module).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are rendered off-screen, in worker threads
-
 import gradio as gr  # noqa: E402
+
+from .gradio_costs import lazy_session_configs, quieter_analytics  # noqa: E402
 
 from minigpt.figure_cache import FigureCache, digest  # noqa: E402
 from minigpt.limits import Limits  # noqa: E402
@@ -84,6 +85,8 @@ class SharedPlayground:
 
 
 limit_malloc_arenas()  # before the worker threads exist
+quieter_analytics()  # before demo.queue()
+lazy_session_configs()  # before the first session
 LIMITS = Limits.from_env()
 PLAYGROUND = SharedPlayground(LIMITS)  # the one registry of sessions (keyed by session hash) and the shared model
 FIGURES = FigureCache(256)  # figures drawn once per distinct input, for every session
