@@ -39,8 +39,10 @@ def test_muon_goes_to_block_matrices_only(data):
     assert hidden and all(".h." in names[id(p)] and p.dim() == 2 for p in hidden)
     assert {names[id(p)] for p in decay} == {"transformer.wte.weight", "transformer.wpe.weight"}
     assert all(p.dim() == 1 for p in no_decay)
-    opt = make_optimizer(run.model, _cfg(), "cpu")
+    opt = make_optimizer(run.model, _cfg(weight_decay=0.07), "cpu")
     assert isinstance(opt, MuonAdamW) and {g["kind"] for g in opt.param_groups} == {"adamw", "muon"}
+    # Both decay the matrices and embeddings alike; the gains are not decayed.
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.07, 0.0, 0.07]
 
 
 @pytest.mark.parametrize("nesterov,wd", [(True, 0.0), (False, 0.1)])
