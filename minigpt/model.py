@@ -116,12 +116,50 @@ def _slow_fused_backward(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
 
 
+# A decoding step multiplies a few rows by each weight matrix: it streams the weights from memory.
+# torch's matmul for one row (a gemv) streams at ~9 GB/s on the 2-core build machine whatever the
+# threads, against 34-42 GB/s for a plain sum; split into column blocks of Wᵀ, one per thread, a
+# batched matmul streams at ~27 GB/s. Only for matrices too large to stay in the caches.
+SPLIT_MIN_BYTES = 1 << 20   # smaller weights stay in the caches: the plain matmul is as fast
+SPLIT_MAX_ROWS = 8          # a decoding step's rows (a Compare decodes 4-8 at once)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and names) whose inference on a few rows on a CPU runs as one
+    batched matmul over column blocks of Wᵀ, one block per intra-op thread, so that every core
+    streams its share of the weights (see SPLIT_MIN_BYTES). The blocks are a copy made when first
+    needed and again whenever the weight has changed (training, loading). Results equal F.linear's
+    to float rounding."""
+
+    def forward(self, x):
+        parts = torch.get_num_threads()
+        if (parts < 2 or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != self.weight.dtype
+                or self.out_features % parts or x.numel() > SPLIT_MAX_ROWS * self.in_features
+                or self.weight.numel() * self.weight.element_size() < SPLIT_MIN_BYTES):
+            return F.linear(x, self.weight, self.bias)
+        blocks = self._blocks(parts)
+        rows = x.reshape(1, -1, self.in_features).expand(parts, -1, -1)
+        y = torch.bmm(rows, blocks).permute(1, 0, 2).reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    def _blocks(self, parts: int) -> torch.Tensor:
+        """Wᵀ as `parts` column blocks (parts, in, out / parts), remade when the weight changed."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, parts)
+        cached = getattr(self, "_split", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                blocks = w.t().reshape(self.in_features, parts, -1).permute(1, 0, 2).contiguous()
+            cached = self._split = (key, blocks)
+        return cached[1]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
         self.n_head, self.n_embd, self.layer = cfg.n_head, cfg.n_embd, layer
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+        self.c_proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -131,7 +169,7 @@ class CausalSelfAttention(nn.Module):
         """(output, attention weights or None); with last_only the output (and query) of the last position only."""
         B, Tx, C = x.shape
         hs = C // self.n_head
-        if last_only:  # keys and values of every position (the cache needs them), the query of the last one
+        if last_only and Tx > 1:  # keys and values of every position (the cache needs them), the query of the last one
             w, b = self.c_attn.weight, self.c_attn.bias
             q = F.linear(x[:, -1:], w[:C], None if b is None else b[:C])
             k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)
@@ -169,8 +207,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
         self.act = ACTIVATIONS[cfg.activation]
 
@@ -212,7 +250,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
             ln_f=make_norm(cfg),
         ))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
         self.apply(self._init_weights)
         # Residual projections add into the stream once per layer: scale them so its variance stays put.

@@ -146,3 +146,69 @@ def test_only_the_gpt_may_have_no_blocks():
         GPTConfig(model="bigram", n_layer=0).validate()
     with pytest.raises(ValueError, match="n_layer"):
         GPTConfig(n_layer=-1).validate()
+
+
+@pytest.mark.parametrize("dtype,bias,rows", [(torch.float32, False, 1), (torch.float32, True, 4),
+                                             (torch.bfloat16, False, 8)])
+def test_the_split_decoding_matmul_equals_f_linear(dtype, bias, rows):
+    from minigpt.model import SPLIT_MIN_BYTES, Linear
+    torch.manual_seed(0)
+    lin = Linear(384, 1536, bias=bias).to(dtype)  # 2.4 MB fp32: past SPLIT_MIN_BYTES
+    assert lin.weight.numel() * 4 >= SPLIT_MIN_BYTES
+    x = torch.randn(rows, 1, 384, dtype=dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            got = lin(x)
+        assert hasattr(lin, "_split") and got.shape == (rows, 1, 1536)  # the split path ran
+        want = F.linear(x, lin.weight, lin.bias)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        assert torch.allclose(got.float(), want.float(), atol=tol, rtol=tol), (got - want).abs().max()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_split_blocks_follow_the_weights_and_training_is_untouched():
+    from minigpt.model import Linear
+    torch.manual_seed(0)
+    lin = Linear(384, 1536, bias=False)
+    x = torch.randn(1, 384)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            lin(x)
+            lin.weight.mul_(-2.0)  # an optimizer step, in place: the blocks are made again
+            assert torch.allclose(lin(x), F.linear(x, lin.weight), rtol=1e-5, atol=1e-4)
+            lin.load_state_dict({"weight": torch.randn(1536, 384)})  # a loaded checkpoint
+            assert torch.allclose(lin(x), F.linear(x, lin.weight), rtol=1e-5, atol=1e-4)
+        y = lin(x)  # with gradients: the plain matmul, and the gradient reaches the weight
+        y.sum().backward()
+        assert torch.allclose(lin.weight.grad, x.expand(1536, 384))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_wide_gpt_decodes_with_the_cache_as_it_recomputes():
+    """A 6 × 384 model (its matrices take the split path in cached steps): greedy decoding with the KV
+    cache picks the same tokens as recomputing, and the logits agree to float rounding."""
+    from minigpt.model import KVCache
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=2, n_head=6, n_embd=384)).eval()
+    idx = torch.randint(0, 65, (2, 5))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            cache = KVCache(m.config, 2, "cpu", torch.float32)
+            logits = m(idx, kv_cache=cache, last_only=True)[0]
+            seq = idx
+            for _ in range(10):
+                nxt = logits[:, -1].argmax(-1, keepdim=True)
+                seq = torch.cat([seq, nxt], dim=1)
+                full = m(seq)[0][:, -1]
+                logits = m(nxt, kv_cache=cache, last_only=True)[0]
+                assert torch.allclose(logits[:, -1], full, atol=1e-4), (logits[:, -1] - full).abs().max()
+    finally:
+        torch.set_num_threads(threads)
