@@ -119,13 +119,14 @@ def _slow_fused_backward(x: torch.Tensor) -> bool:
 # A decoding step multiplies a few rows by each weight matrix: it streams the weights from memory.
 # torch's matmul for one row (a gemv) streams at ~9 GB/s on the 2-core build machine whatever the
 # threads, against 34-42 GB/s for a plain sum; split into column blocks of Wᵀ, one per thread, a
-# batched matmul streams at ~27 GB/s. Only for matrices too large to stay in the caches.
+# batched matmul streams at ~23-27 GB/s. Only for fp32 matrices too large to stay in the caches (bf16
+# weights gained 10% alone and lost it in a whole decoding step: 3.8 -> 4.3 ms).
 SPLIT_MIN_BYTES = 1 << 20   # smaller weights stay in the caches: the plain matmul is as fast
 SPLIT_MAX_ROWS = 8          # a decoding step's rows (a Compare decodes 4-8 at once)
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) whose inference on a few rows on a CPU runs as one
+    """nn.Linear (same parameters and names) whose fp32 inference on a few rows on a CPU runs as one
     batched matmul over column blocks of Wᵀ, one block per intra-op thread, so that every core
     streams its share of the weights (see SPLIT_MIN_BYTES). The blocks are a copy made when first
     needed and again whenever the weight has changed (training, loading). Results equal F.linear's
@@ -133,7 +134,8 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         parts = torch.get_num_threads()
-        if (parts < 2 or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != self.weight.dtype
+        if (parts < 2 or torch.is_grad_enabled() or x.device.type != "cpu" or self.weight.dtype != torch.float32
+                or x.dtype != torch.float32
                 or self.out_features % parts or x.numel() > SPLIT_MAX_ROWS * self.in_features
                 or self.weight.numel() * self.weight.element_size() < SPLIT_MIN_BYTES):
             return F.linear(x, self.weight, self.bias)
