@@ -1,6 +1,7 @@
 """What the load tests share: `python app.py` in a subprocess, timed calls, and the figures of a run."""
 
 import contextlib
+import json
 import os
 import ssl
 import statistics
@@ -73,6 +74,18 @@ def app_server(log_path, extra_env: dict | None = None, timeout: float = 180):
             yield server, url
         finally:
             stop_process(server, grace=20)
+
+
+def reported(load_test, path) -> dict:
+    """Run `load_test()`, write its report as JSON to `path` and print it; the server must have lived
+    through it and answered every request without an error."""
+    report = load_test()
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    assert report["server_alive"]
+    assert report["errors"] == 0, report["error_messages"]
+    return report
 
 
 def timed(record, name: str, call, check) -> None:

@@ -16,7 +16,6 @@ machine and whatever else runs on it, so the test asserts them only when CLASSRO
 errors == 0, isolation and peak RSS <= 2 GB are always asserted.
 """
 
-import json
 import os
 import re
 import sys
@@ -28,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT  # noqa: E402
-from loadkit import app_server, client, cpu_seconds, figures, rss_mb, run_all, timed  # noqa: E402
+from loadkit import app_server, client, cpu_seconds, figures, reported, rss_mb, run_all, timed  # noqa: E402
 
 SESSIONS = 30
 TRAINERS = 10
@@ -181,11 +180,7 @@ def load_test() -> dict:
 
 @pytest.mark.slow
 def test_a_classroom_of_thirty():
-    report = load_test()
-    REPORT.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    assert report["server_alive"]
-    assert report["errors"] == 0, report["error_messages"]
+    report = reported(load_test, REPORT)
     assert not report["isolation_problems"], report["isolation_problems"]
     assert len(report["train_iters"]) == TRAINERS
     # One runs at a time and all ten start together: at least the last eight wait and see their place.
@@ -197,7 +192,4 @@ def test_a_classroom_of_thirty():
 
 
 if __name__ == "__main__":
-    r = load_test()
-    REPORT.parent.mkdir(exist_ok=True)
-    REPORT.write_text(json.dumps(r, indent=2))
-    print(json.dumps(r, indent=2))
+    reported(load_test, REPORT)

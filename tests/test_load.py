@@ -8,7 +8,6 @@ and come back down once the clients have gone (their sessions are freed). The fi
 written to test-output/load-report.json. Run it alone with `python tests/test_load.py`.
 """
 
-import json
 import sys
 import threading
 import time
@@ -18,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT  # noqa: E402
-from loadkit import app_server, client, figures, rss_mb, run_all, timed  # noqa: E402
+from loadkit import app_server, client, figures, reported, rss_mb, run_all, timed  # noqa: E402
 
 CLIENTS = 8
 ROUNDS = 3
@@ -97,15 +96,12 @@ def load_test() -> dict:
 
 @pytest.mark.slow
 def test_eight_clients_all_answered_memory_bounded():
-    report = load_test()
-    REPORT.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    assert report["server_alive"]
-    assert report["answered"] == report["requests"] and report["errors"] == 0, report["error_messages"]
+    report = reported(load_test, REPORT)
+    assert report["answered"] == report["requests"]
     assert report["rss_peak_mb"] < PEAK_RSS_LIMIT_MB, report
     after = report["rss_after_each_round_mb"]  # a session kept alive would add >= 10 MB a client
     assert max(after[1:]) - after[0] < 80, f"memory grew from round to round: {report}"
 
 
 if __name__ == "__main__":
-    print(json.dumps(load_test(), indent=2))
+    reported(load_test, REPORT)
