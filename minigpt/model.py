@@ -9,6 +9,8 @@ the standard GPT, with the same parameter names and the same code path as before
 path when the weights are asked for (the attention view) or when `explicit_attention` is set.
 `last_only=True` (generation) computes only the last position's logits: the last block needs the
 keys and values of every position but the query, attention, projection and MLP of the last only.
+The GPT's matrices are `Linear` (an nn.Linear: same parameters) whose fp32 inference on a few rows
+on a CPU (a decoding step) splits the weights between the threads, to stream them faster.
 `GPTConfig` and its helpers live in minigpt/config.py (torch-free) and are importable from here.
 """
 

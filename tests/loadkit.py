@@ -99,7 +99,7 @@ def timed(record, name: str, call, check) -> None:
 
 
 def figures(results) -> dict:
-    """Per endpoint, from (name, seconds, error) records: errors, count, p50, p95 and max seconds."""
+    """Per endpoint, from (name, seconds, error, ...) records: errors, count, p50, p95 and max seconds."""
     by_name = {}
     for name, secs, *_ in results:
         by_name.setdefault(name, []).append(secs)

@@ -29,3 +29,17 @@ def test_the_workaround_is_applied_once():
     assert lazy_session_configs() is True  # already in place: says so, wraps nothing twice
     from gradio.state_holder import SessionState
     assert SessionState(app.demo).config_values == {}
+
+
+def test_another_gradios_sessions_are_left_alone(monkeypatch):
+    from gradio import state_holder
+
+    from minigpt.ui.gradio_costs import lazy_session_configs
+
+    class Unknown:  # a SessionState without the method the workaround relies on
+        def __init__(self, blocks):
+            self.blocks = blocks
+
+    monkeypatch.setattr(state_holder, "SessionState", Unknown)
+    assert lazy_session_configs() is False
+    assert state_holder.SessionState is Unknown and Unknown(app.demo).blocks is app.demo

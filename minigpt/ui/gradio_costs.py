@@ -44,8 +44,10 @@ def lazy_session_configs() -> bool:
     from gradio import state_holder
 
     cls = getattr(state_holder, "SessionState", None)
-    if cls is None or not hasattr(cls, "_update_value_in_config") or getattr(cls, "_minigpt_lazy", False):
-        return bool(cls is not None and getattr(cls, "_minigpt_lazy", False))
+    if getattr(cls, "_minigpt_lazy", False):
+        return True  # already in place
+    if cls is None or not hasattr(cls, "_update_value_in_config"):
+        return False  # another Gradio: its sessions are left as they are
     eager = cls.__init__
 
     def __init__(self, blocks):
