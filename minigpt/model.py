@@ -135,21 +135,28 @@ class Linear(nn.Linear):
     to float rounding."""
 
     def forward(self, x):
-        parts = torch.get_num_threads()
-        if (parts < 2 or torch.is_grad_enabled() or x.device.type != "cpu" or self.weight.dtype != torch.float32
-                or x.dtype != torch.float32
-                or self.out_features % parts or x.numel() > SPLIT_MAX_ROWS * self.in_features
-                or self.weight.numel() * self.weight.element_size() < SPLIT_MIN_BYTES):
+        parts = self._split_parts(x)
+        if not parts:
             return F.linear(x, self.weight, self.bias)
-        blocks = self._blocks(parts)
         rows = x.reshape(1, -1, self.in_features).expand(parts, -1, -1)
-        y = torch.bmm(rows, blocks).permute(1, 0, 2).reshape(*x.shape[:-1], self.out_features)
+        y = torch.bmm(rows, self._blocks(parts)).permute(1, 0, 2).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
+
+    def _split_parts(self, x) -> int:
+        """Blocks to split into for this call (one per thread), or 0 for the plain matmul. Training (with
+        gradients) is answered by the first test."""
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
+            return 0
+        parts = torch.get_num_threads()
+        if (parts < 2 or self.weight.dtype != torch.float32 or self.out_features % parts
+                or x.numel() > SPLIT_MAX_ROWS * self.in_features or self.weight.numel() * 4 < SPLIT_MIN_BYTES):
+            return 0
+        return parts
 
     def _blocks(self, parts: int) -> torch.Tensor:
         """Wᵀ as `parts` column blocks (parts, in, out / parts), remade when the weight changed."""
         w = self.weight
-        key = (w._version, w.data_ptr(), w.dtype, parts)
+        key = (w._version, w.data_ptr(), parts)
         cached = getattr(self, "_split", None)
         if cached is None or cached[0] != key:
             with torch.no_grad():

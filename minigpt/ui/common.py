@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are rendered off-screen, in worker threads
 import gradio as gr  # noqa: E402
 
-from .gradio_costs import lazy_session_configs, quieter_analytics  # noqa: E402
-
 from minigpt.figure_cache import FigureCache, digest  # noqa: E402
 from minigpt.limits import Limits  # noqa: E402
 from minigpt.saving import session_save_dir  # noqa: E402
+
+from .gradio_costs import lazy_session_configs, quieter_analytics  # noqa: E402
 
 if TYPE_CHECKING:
     from minigpt.playground import Playground
