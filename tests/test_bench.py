@@ -126,13 +126,17 @@ def test_one_thread_machine_needs_no_tuning(monkeypatch):
     assert not device.ThreadTuner().active
 
 
-def test_target_plan_grows_as_the_target_falls():
-    from minigpt.train import PLAN_MARGIN, PLAN_TABLE, PLAN_TOKENS_PER_STEP, plan_iters
-    plans = [plan_iters(t) for t in (2.3, 2.0, 1.9, 1.8, 1.6, 1.5)]
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_target_plan_grows_as_the_target_falls(optimizer):
+    from minigpt import train
+    table, tokens = ((train.PLAN_TABLE, train.PLAN_TOKENS_PER_STEP) if optimizer == "adamw"
+                     else (train.MUON_PLAN_TABLE, train.MUON_PLAN_TOKENS_PER_STEP))
+    plan = lambda target, per_step=None: train.plan_iters(target, per_step, optimizer)  # noqa: E731
+    plans = [plan(t) for t in (2.3, 2.0, 1.9, 1.8, 1.6, 1.5)]
     assert plans == sorted(plans) and plans[0] >= 1
-    assert abs(plan_iters(1.9, 2 * PLAN_TOKENS_PER_STEP) - plan_iters(1.9) / 2) <= 1  # the same tokens
-    steps, loss = PLAN_TABLE[2]
-    assert abs(plan_iters(loss + PLAN_MARGIN) - steps) <= 1  # a schedule that ends a margin below
+    assert abs(plan(1.9, 2 * tokens) - plan(1.9) / 2) <= 1  # the same tokens
+    for steps, loss in table[1:-1]:
+        assert abs(plan(loss + train.PLAN_MARGIN) - steps) <= 1  # a schedule that ends a margin below
 
 
 def test_bf16_training_path_matches_fp32(tiny_gpt):
