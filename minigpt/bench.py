@@ -184,12 +184,35 @@ def train_peak_rss_mb(iters: int, extra: list[str] | None = None) -> float | Non
         cmd = [sys.executable, "-m", "minigpt", "train", "--data", data, "--max-iters", str(iters),
                "--eval-interval", str(iters), "--out", str(Path(tmp, "m.safetensors")), "--log-json",
                *(extra or [])]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            return None
-        return usage.ru_maxrss / 1024  # kilobytes on Linux
+        return peak_rss_mb(cmd, cwd=ROOT)
+
+
+def peak_rss_mb(cmd: list[str], cwd: Path = ROOT, poll: float = 0.02) -> float | None:
+    """Peak RSS (MB) of the command run to its end, or None if it fails.
+
+    Not the child's rusage: Linux carries a process's high-water mark across fork and exec, so a
+    child's ru_maxrss is at least its parent's RSS (a bench at 900 MB reported that for any child).
+    Where there is /proc, the child's own VmHWM (its new address space's high-water mark) is read
+    until it exits; a peak in its last `poll` seconds would be missed."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status_file, peak_kb = Path(f"/proc/{proc.pid}/status"), None
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG if status_file.exists() else 0)
+        if pid:  # it has exited (and is reaped)
+            break
+        try:
+            hwm = next((line for line in status_file.read_text().splitlines() if line.startswith("VmHWM:")), None)
+        except OSError:  # it exited just now
+            hwm = None
+        if hwm is not None:
+            peak_kb = max(peak_kb or 0, int(hwm.split()[1]))
+        time.sleep(poll)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        return None
+    if peak_kb is None:  # no /proc (macOS: bytes; there fork does not carry the parent's peak)
+        peak_kb = usage.ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    return peak_kb / 1024
 
 
 def run_baseline(iters: int) -> dict | None:

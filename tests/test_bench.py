@@ -1,10 +1,12 @@
 """The bench: every key is there and sane on a tiny config; the table and the CLI; no timing asserts."""
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from minigpt import bench
 from minigpt.cli import main
@@ -66,6 +68,15 @@ def test_peak_rss_of_a_short_training_run():
     tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--eval-iters", "1"]
     rss = bench.train_peak_rss_mb(2, tiny)
     assert rss is not None and 10 < rss < 4000
+
+
+def test_peak_rss_is_the_childs_own_not_its_parents():
+    """Linux's rusage of a child counts its parent's memory at fork: hold 512 MB here and a bare
+    interpreter must still measure as the few MB it is."""
+    held = torch.ones(128 * 2**20)  # 512 MB, every page touched
+    rss = bench.peak_rss_mb([sys.executable, "-c", "x = b'1' * (64 * 2**20)"])
+    assert held.sum() > 0 and rss is not None and 64 < rss < 200
+    assert bench.peak_rss_mb([sys.executable, "-c", "raise SystemExit(3)"]) is None
 
 
 def test_quick_sizes_measure_the_issue_models():
