@@ -10,7 +10,7 @@ from minigpt.data import split_ids
 from minigpt.model import GPTConfig
 from minigpt.optim import BatchedMuon, MuonAdamW, make_optimizer, muon_split, restore_optimizer
 from minigpt.tokenizers import CharTokenizer
-from minigpt.train import Done, Run, Step, TrainConfig, train
+from minigpt.train import Run, Step, TrainConfig, train
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n" * 60
 
@@ -123,20 +123,3 @@ def test_state_of_the_other_optimizer_gives_a_fresh_one_and_a_note(data, tmp_pat
     opt, note = restore_optimizer(ck.model, _cfg(optimizer="muon"), "cpu", ck.optimizer_state)
     assert isinstance(opt, MuonAdamW) and not opt.state_dict()["state"]
     assert "AdamW" in note and "fresh" in note and "\n" not in note
-
-
-def test_diverging_muon_run_stops_and_keeps_the_last_good_weights(data):
-    tok, splits = data
-    run = _run(tok, splits)
-    good = {k: v.clone() for k, v in run.model.state_dict().items()}
-    original = run.model.forward
-
-    def poisoned(idx, targets=None, **kw):
-        logits, loss = original(idx, targets, **kw)
-        return logits, loss * float("nan") if targets is not None and run.iters >= 3 else loss
-
-    run.model.forward = poisoned
-    done = list(train(run, _cfg(max_iters=20)))[-1]
-    assert isinstance(done, Done) and done.reason == "diverged" and "learning rate" in done.message
-    assert all(torch.equal(good[k], v) for k, v in run.model.state_dict().items())
-    assert all(torch.isfinite(b["momentum_buffer"]).all() for b in run.optimizer.muon.state.values())

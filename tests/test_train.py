@@ -63,7 +63,8 @@ def test_stop_request_ends_within_a_step_and_keeps_the_model(shakespeare):
     assert any(not torch.equal(before[k], v) for k, v in run.model.state_dict().items())
 
 
-def test_divergence_restores_the_last_good_weights(shakespeare):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_divergence_restores_the_last_good_weights(shakespeare, optimizer):
     tok, splits = shakespeare
     run = _run(tok, splits)
     good = {k: v.clone() for k, v in run.model.state_dict().items()}
@@ -74,10 +75,12 @@ def test_divergence_restores_the_last_good_weights(shakespeare):
         return logits, loss * float("nan") if targets is not None and run.iters >= 5 else loss
 
     run.model.forward = poisoned
-    events = list(train(run, TrainConfig(max_iters=100, eval_interval=1000)))
+    events = list(train(run, TrainConfig(max_iters=100, eval_interval=1000, optimizer=optimizer)))
     done = events[-1]
     assert done.reason == "diverged" and "learning rate" in done.message
     assert all(torch.equal(good[k], v) for k, v in run.model.state_dict().items())
+    if optimizer == "muon":  # the bad step never reached the optimizer's state
+        assert all(torch.isfinite(b["momentum_buffer"]).all() for b in run.optimizer.muon.state.values())
 
 
 def test_target_val_loss_stops_with_confirmed_full_loss(shakespeare):
