@@ -95,9 +95,10 @@ def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int
 
 
 def gen_tokens_per_s(model_cfg: GPTConfig, tokens: int, use_cache: bool, seed: int = 0,
-                     device: str = "cpu", weights: torch.dtype = torch.float32) -> float:
+                     device: str = "cpu", weights: torch.dtype = torch.float32, kernel: bool = True) -> float:
     """Tokens/s of `generate()` (temperature sampling) from the default start, random weights
-    (stored as `weights`: bf16 halves the bytes a cached step reads)."""
+    (stored as `weights`: bf16 halves the bytes a cached step reads); `kernel=False` keeps the cached
+    steps on the eager model even where the decoding kernel is built."""
     from .generate import generate
     from .model import build_model
     torch.manual_seed(seed)
@@ -105,7 +106,7 @@ def gen_tokens_per_s(model_cfg: GPTConfig, tokens: int, use_cache: bool, seed: i
     tokenizer = _char_tokenizer(model_cfg.vocab_size)
     prompt = ""  # the default start: one token, as `sample` without --prompt
     t0 = time.perf_counter()
-    n = sum(1 for _ in generate(model, tokenizer, prompt, tokens, seed=seed, use_cache=use_cache))
+    n = sum(1 for _ in generate(model, tokenizer, prompt, tokens, seed=seed, use_cache=use_cache, kernel=kernel))
     return n / (time.perf_counter() - t0)
 
 
@@ -249,16 +250,30 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
     if baseline:
         b = out["baseline_tokens_per_s"]
         out["train_speedup_vs_baseline"] = round(out["train_tokens_per_s"] / b, 2) if b else None
+    out["decode_path"] = "eager"
+    if device == "cpu":  # the cached steps go through the compiled kernel once it is built
+        log("the decoding kernel (a C++ build, ~30 s the first time) ...")
+        try:
+            from .decode_kernel import load
+            load(build=True)
+            out["decode_path"] = "kernel"
+        except RuntimeError as e:
+            out["kernel_error"] = str(e)
     log("generation speed, with and without the KV cache ...")
-    gen: dict[bool, list[float]] = {True: [], False: []}
+    kinds = {"cache": (True, True), "nocache": (False, False)}
+    if out["decode_path"] == "kernel":
+        kinds["cache_eager"] = (True, False)
+    gen: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(sizes.gen_rounds):
-        for cache in gen:
-            gen[cache].append(gen_tokens_per_s(sizes.gen_model, sizes.gen_tokens, cache, device=device))
-    out["gen_tokens_per_s_cache"] = round(max(gen[True]), 1)
-    out["gen_tokens_per_s_nocache"] = round(max(gen[False]), 1)
+        for kind, (cache, kernel) in kinds.items():
+            gen[kind].append(gen_tokens_per_s(sizes.gen_model, sizes.gen_tokens, cache, device=device, kernel=kernel))
+    for kind in kinds:
+        out[f"gen_tokens_per_s_{kind}"] = round(max(gen[kind]), 1)
     out["kv_cache_speedup"] = round(out["gen_tokens_per_s_cache"] / out["gen_tokens_per_s_nocache"], 1)
     # The cached step reads every weight once: its floor is those bytes over the memory bandwidth.
     out["decode_step_ms"] = round(1000 / out["gen_tokens_per_s_cache"], 2)
+    if "gen_tokens_per_s_cache_eager" in out:
+        out["decode_step_ms_eager"] = round(1000 / out["gen_tokens_per_s_cache_eager"], 2)
     bandwidth, weight_mb = memory_bandwidth_gbs(), weight_bytes_per_token(sizes.gen_model) / 1e6
     floor_ms = weight_mb / bandwidth  # MB / (GB/s) = ms; unrounded, as a tiny model's floor rounds to 0
     out["memory_bandwidth_gbs"] = round(bandwidth, 1)
@@ -266,7 +281,8 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
     out["decode_floor_ms"] = round(floor_ms, 3)
     out["decode_vs_floor"] = round(1000 / out["gen_tokens_per_s_cache"] / floor_ms, 2)
     if device == "cpu" and cpu_has_native_bf16():  # bf16 weights for inference: half the bytes per token
-        bf = max(gen_tokens_per_s(sizes.gen_model, sizes.gen_tokens, True, device=device, weights=torch.bfloat16)
+        bf = max(gen_tokens_per_s(sizes.gen_model, sizes.gen_tokens, True, device=device, weights=torch.bfloat16,
+                                  kernel=False)
                  for _ in range(sizes.gen_rounds))
         out["decode_step_ms_bf16"] = round(1000 / bf, 2)
         out["decode_floor_ms_bf16"] = round(floor_ms / 2, 3)
@@ -300,10 +316,14 @@ def table(r: dict, sizes: Sizes = FULL) -> str:
         speedup = r.get("train_speedup_vs_baseline")
         rows.append(("nanoGPT CPU recipe (fp32)", "4×4×128, context 64, batch 12",
                      _num(r["baseline_tokens_per_s"], " tok/s") + (f" (fast path: {speedup}×)" if speedup else "")))
-    rows += [("generation, KV cache", gshape, _num(r["gen_tokens_per_s_cache"], " tok/s", 1)
-              + f" ({r['kv_cache_speedup']}× no cache)"),
-             ("generation, no cache", gshape, _num(r["gen_tokens_per_s_nocache"], " tok/s", 1)),
-             ("decode step vs its floor", f"{r['decode_weight_mb']} MB of weights ÷ {r['memory_bandwidth_gbs']} GB/s",
+    path = r.get("decode_path", "eager")
+    rows.append((f"generation, KV cache ({path})", gshape, _num(r["gen_tokens_per_s_cache"], " tok/s", 1)
+                 + f" ({r['kv_cache_speedup']}× no cache)"))
+    if "gen_tokens_per_s_cache_eager" in r:
+        rows.append(("generation, KV cache (eager)", gshape, _num(r["gen_tokens_per_s_cache_eager"], " tok/s", 1)))
+    rows += [("generation, no cache", gshape, _num(r["gen_tokens_per_s_nocache"], " tok/s", 1)),
+             (f"decode step vs its floor ({path})",
+              f"{r['decode_weight_mb']} MB of weights ÷ {r['memory_bandwidth_gbs']} GB/s",
               f"{r['decode_step_ms']} ms vs {r['decode_floor_ms']} ms ({r['decode_vs_floor']}×)"),
              ("app cold start", "python app.py until the port answers", _num(r["cold_start_s"], " s", 1)),
              ("peak RSS, training", "python -m minigpt train (default model)", _num(r["peak_rss_mb"], " MB"))]

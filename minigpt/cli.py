@@ -400,7 +400,7 @@ def run_info(args) -> int:
 def _register_optional(sub):
     """Subcommands that live in their own modules."""
     import importlib
-    for module in ("experiments_cli", "bench", "prepare", "download", "ladder_cli"):
+    for module in ("experiments_cli", "bench", "prepare", "download", "ladder_cli", "decode_kernel"):
         try:
             mod = importlib.import_module(f"minigpt.{module}")
         except ModuleNotFoundError as e:

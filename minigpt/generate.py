@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from .decode_kernel import decoder_for
 from .model import new_kv_cache
 from .sampling import SamplingConfig, sample_next
 
@@ -50,8 +51,11 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def stream_ids(model, ids: list[int], max_new_tokens: int, sampling: SamplingConfig,
-               generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (token id, next-token logits it was drawn from) max_new_tokens times."""
+               generator: torch.Generator | None = None, use_cache: bool = True,
+               kernel: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (token id, next-token logits it was drawn from) max_new_tokens times. With the cache,
+    the steps after the prompt go through the compiled decoding kernel when it is built and fits
+    the model (minigpt/decode_kernel.py; `kernel=False`: always the eager model)."""
     block = model.config.block_size
     device = _device(model)
     seq = list(ids)[-block:]
@@ -71,13 +75,16 @@ def stream_ids(model, ids: list[int], max_new_tokens: int, sampling: SamplingCon
                            last_only=True)[0][0, -1]
         else:
             logits = recompute()
+        fast = decoder_for(model, cache) if kernel else None
         for i in range(max_new_tokens):
             tok = int(sample_next(logits[None], sampling, generator)[0])
             yield tok, logits
             if i == max_new_tokens - 1:
                 break  # the last token's own logits would never be used
             seq.append(tok)
-            if cache is not None and cache.room() > 0:
+            if fast is not None and cache.room() > 0:
+                logits = fast.step(tok, cache)
+            elif cache is not None and cache.room() > 0:
                 logits = model(torch.tensor([[tok]], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1]
             else:
                 logits = recompute()
@@ -93,7 +100,7 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, sampling: SamplingConfig | None = None,
              seed: int | None = 1337, use_cache: bool = True, top_n: int = 10,
-             keep_logits: bool = False) -> Iterator[TokenStep]:
+             keep_logits: bool = False, kernel: bool = True) -> Iterator[TokenStep]:
     """Stream TokenSteps for `prompt`; the same seed and settings give the same text.
 
     A prompt longer than the context keeps its last block_size tokens. Raises ValueError
@@ -103,7 +110,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, sampling: Sampl
     ids = start_ids(tokenizer, prompt)
     generator = make_generator(seed)
     steps = StepMaker(tokenizer, top_n, keep_logits)
-    for tok, logits in stream_ids(model, ids, max_new_tokens, sampling, generator, use_cache):
+    for tok, logits in stream_ids(model, ids, max_new_tokens, sampling, generator, use_cache, kernel):
         yield steps(tok, logits)
 
 

@@ -1,0 +1,151 @@
+"""A compiled decoding step for CPUs: one C++ call per token instead of ~80 torch ops.
+
+The kernel (decode_step.cpp, beside this file) is built with the machine's C++ compiler the first
+time it is asked for (`python -m minigpt kernel`, or `bench`), ~30 s, and kept in the cache folder
+($MINIGPT_KERNEL_DIR, else ~/.cache/minigpt/kernels) under a name that carries the source's hash,
+so a changed source is a new build. Generation uses it only once it is built: `load()` never
+compiles unless asked, so a page or a command never waits on a compiler, and without one (or on
+another device, dtype or norm) decoding stays on the eager model, the reference the kernel is
+tested against.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("decode_step.cpp")
+NORMS = {"none": 0, "layer": 1, "rms": 2}                       # what the kernel can normalise with
+ACTIVATIONS = {"gelu": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+
+
+def kernel_dir() -> Path:
+    return Path(os.environ.get("MINIGPT_KERNEL_DIR") or Path.home() / ".cache" / "minigpt" / "kernels").expanduser()
+
+
+def _name() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    return f"minigpt_decode_{digest}"
+
+
+def _build_dir() -> Path:
+    return kernel_dir() / _name()
+
+
+def is_built() -> bool:
+    """True when this source's kernel has been compiled here (loading it is then quick)."""
+    return (_build_dir() / f"{_name()}.so").exists()
+
+
+@functools.lru_cache(maxsize=1)
+def _load():
+    from torch.utils.cpp_extension import load
+    build = _build_dir()
+    build.mkdir(parents=True, exist_ok=True)
+    return load(name=_name(), sources=[str(SOURCE)], build_directory=str(build), verbose=False,
+                extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+
+
+def load(build: bool = False):
+    """The compiled module, or None: compiled now only if `build` (~30 s once), else only if built
+    before. Raises RuntimeError with the compiler's reason when a requested build fails."""
+    if not build and not is_built():
+        return None
+    try:
+        return _load()
+    except Exception as e:  # a missing compiler or headers: the eager path still works
+        if not build:
+            return None
+        raise RuntimeError(f"the decoding kernel could not be built ({type(e).__name__}: {e})") from e
+
+
+class Decoder:
+    """`step(token, cache)` → next-token logits (vocab,) for one sequence, through the kernel."""
+
+    def __init__(self, module, model):
+        cfg, tr = model.config, model.transformer
+        self.module, self.cfg = module, cfg
+        none = torch.empty(0)
+
+        def w(mod, name):  # a parameter the model may not have (biases, a norm's gain) as an empty tensor
+            p = getattr(mod, name, None) if mod is not None else None
+            return p.detach() if p is not None else none
+
+        tensors = [tr.wte.weight.detach(), w(tr["wpe"] if cfg.pos_emb else None, "weight")]
+        for block in tr.h:
+            a, m = block.attn, block.mlp
+            tensors += [w(block.ln_1, "weight"), w(block.ln_1, "bias"), w(a.c_attn, "weight"), w(a.c_attn, "bias"),
+                        w(a.c_proj, "weight"), w(a.c_proj, "bias"),
+                        w(getattr(block, "ln_2", None), "weight"), w(getattr(block, "ln_2", None), "bias"),
+                        w(m and m.c_fc, "weight"), w(m and m.c_fc, "bias"),
+                        w(m and m.c_proj, "weight"), w(m and m.c_proj, "bias")]
+        tensors += [w(tr.ln_f, "weight"), w(tr.ln_f, "bias")]
+        self.tensors = tensors  # views of the parameters: training in place is seen by the next step
+        self.args = (cfg.n_layer, cfg.n_head, NORMS[cfg.norm], cfg.residual, cfg.mlp, ACTIVATIONS[cfg.activation],
+                     1e-5)
+
+    def step(self, token: int, cache) -> torch.Tensor:
+        logits = self.module.decode_step(token, cache.pos, self.tensors, cache.k, cache.v, *self.args)
+        cache.advance(1)
+        return logits
+
+
+def decoder_for(model, cache, build: bool = False) -> Decoder | None:
+    """A Decoder for `model` and its `cache` when the kernel can run them: a GPT on the CPU in fp32,
+    in eval mode, batch 1, a norm it knows, the kernel built (or `build`). Else None: use the model."""
+    from .model import GPT
+    if not isinstance(model, GPT) or cache is None or model.training or cache.k.size(1) != 1:
+        return None
+    cfg, p = model.config, model.transformer.wte.weight
+    if (p.device.type != "cpu" or p.dtype != torch.float32 or cache.k.dtype != torch.float32
+            or cfg.norm not in NORMS or cfg.activation not in ACTIVATIONS or cfg.n_layer < 1):
+        return None
+    module = load(build)
+    return Decoder(module, model) if module is not None else None
+
+
+def self_check(module, seed: int = 0) -> float:
+    """Largest |logit difference| between the kernel and the eager model over 20 steps of a small
+    random GPT (a check that the compiled code is right on this machine)."""
+    from .model import GPTConfig, build_model, new_kv_cache
+    torch.manual_seed(seed)
+    model = build_model(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=64)).eval()
+    eager, fast = new_kv_cache(model), new_kv_cache(model)
+    step, worst = Decoder(module, model), 0.0
+    with torch.no_grad():
+        for t in range(20):
+            want = model(torch.tensor([[t * 7 % 50]]), kv_cache=eager)[0][0, -1]
+            worst = max(worst, (step.step(t * 7 % 50, fast) - want).abs().max().item())
+    return worst
+
+
+def register(subparsers):
+    p = subparsers.add_parser("kernel", help="build the compiled decoding step (~30 s once; needs a C++ compiler)",
+                              description="Compile minigpt's decoding kernel (decode_step.cpp) with this machine's "
+                                          "C++ compiler and check it against the eager model. Generation uses it "
+                                          "from then on (a GPT on the CPU in fp32). Example: python -m minigpt kernel")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    import sys
+    import time
+    t0 = time.perf_counter()
+    was_built = is_built()
+    try:
+        module = load(build=True)
+    except RuntimeError as e:  # the compiler's words; generation stays on the eager model
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    worst = self_check(module)
+    verb = "already built" if was_built else f"built in {time.perf_counter() - t0:.1f} s"
+    print(f"decoding kernel {verb}: {_build_dir()}")
+    if worst > 1e-4:
+        print(f"error: the kernel's logits differ from the model's by {worst:.2g}", flush=True)
+        return 1
+    print(f"checked against the eager model: largest logit difference {worst:.2g}")
+    return 0

@@ -1,0 +1,91 @@
+"""The compiled decoding step against the eager model: the same logits, the same cache, the same text."""
+
+import pytest
+import torch
+
+from minigpt import decode_kernel
+from minigpt.generate import generate
+from minigpt.model import GPTConfig, build_model, new_kv_cache
+from minigpt.sampling import SamplingConfig
+from minigpt.tokenizers import CharTokenizer
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return decode_kernel.load(build=True)  # ~30 s the first time on a machine, then cached
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=50, block_size=24, n_layer=2, n_head=4, n_embd=64)
+    model = build_model(GPTConfig(**{**cfg, **kw})).eval()
+    with torch.no_grad():  # gains and biases away from 1 and 0, so that a misplaced one shows
+        for name, p in model.named_parameters():
+            if name.endswith((".bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("switches", [
+    {}, {"bias": True}, {"norm": "rms"}, {"norm": "none"}, {"residual": False}, {"mlp": False},
+    {"pos_emb": False}, {"activation": "relu"}, {"activation": "sigmoid"}, {"activation": "tanh"},
+    {"n_embd": 40, "n_head": 5, "n_layer": 3},  # head size 8, widths that are no multiple of 16
+])
+def test_kernel_steps_match_the_eager_model_to_the_end_of_the_context(kernel, switches):
+    model = _model(**switches)
+    eager, fast = new_kv_cache(model), new_kv_cache(model)
+    step = decode_kernel.Decoder(kernel, model)
+    with torch.no_grad():
+        for t in range(model.config.block_size):  # every position, to a full cache
+            tok = (t * 7 + 3) % model.config.vocab_size
+            want = model(torch.tensor([[tok]]), kv_cache=eager)[0][0, -1]
+            got = step.step(tok, fast)
+            assert torch.allclose(got, want, atol=2e-5, rtol=1e-4), (t, (got - want).abs().max())
+    assert fast.pos == eager.pos == model.config.block_size
+    assert torch.allclose(fast.k, eager.k, atol=1e-5) and torch.allclose(fast.v, eager.v, atol=1e-5)
+
+
+def test_generation_through_the_kernel_gives_the_eager_text(kernel):
+    model, tok = _model(), CharTokenizer([chr(97 + i) for i in range(50)])
+    for sampling in (SamplingConfig("greedy"), SamplingConfig("temperature", 0.8)):
+        runs = [[s.id for s in generate(model, tok, "abc", 40, sampling, seed=5, kernel=k)] for k in (True, False)]
+        assert runs[0] == runs[1] and len(runs[0]) == 40  # 40 tokens from a 3-token prompt pass the context of 24
+
+
+def test_the_kernel_sees_weights_changed_in_place(kernel):
+    model = _model()
+    step = decode_kernel.Decoder(kernel, model)  # made before the change, as a session's is
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.mul_(-2.0)  # what an optimizer step does
+        eager, fast = new_kv_cache(model), new_kv_cache(model)
+        want = model(torch.tensor([[4]]), kv_cache=eager)[0][0, -1]
+        assert torch.allclose(step.step(4, fast), want, atol=2e-5, rtol=1e-4)
+
+
+def test_models_the_kernel_cannot_run_stay_on_the_eager_path(kernel):
+    model = _model()
+    assert decode_kernel.decoder_for(model, new_kv_cache(model)) is not None
+    assert decode_kernel.decoder_for(model, new_kv_cache(model, batch_size=2)) is None  # a Compare's rows
+    assert decode_kernel.decoder_for(model, None) is None
+    assert decode_kernel.decoder_for(_model(norm="batch"), new_kv_cache(_model(norm="batch"))) is None
+    bf16 = _model().to(torch.bfloat16)
+    assert decode_kernel.decoder_for(bf16, new_kv_cache(bf16)) is None
+    model.train()
+    assert decode_kernel.decoder_for(model, new_kv_cache(model)) is None
+
+
+def test_nothing_is_compiled_unless_asked(monkeypatch, tmp_path):
+    """A page or a command never waits on a compiler: without a build in the cache folder, load()
+    answers None at once, and generation runs on the eager model."""
+    monkeypatch.setenv("MINIGPT_KERNEL_DIR", str(tmp_path))
+    assert not decode_kernel.is_built() and decode_kernel.load() is None
+    model = _model()
+    assert decode_kernel.decoder_for(model, new_kv_cache(model)) is None
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_kernel_command_builds_and_checks(kernel, capsys):
+    from minigpt.cli import main
+    assert main(["kernel"]) == 0
+    out = capsys.readouterr().out
+    assert "decoding kernel" in out and "largest logit difference" in out
