@@ -9,8 +9,9 @@ autocast where the CPU has it) for the 4-layer, 128-wide, context-64 model at th
 generation tokens/s with and without the KV cache (6 layers, 384 wide, context 256, random
 weights: speed does not depend on them), the cached steps through the compiled decoding kernel
 (built here first, ~30 s once; minigpt/decode_kernel.py) and on the eager model, next to the
-step's floor (its weights' bytes over the measured memory bandwidth); the app's cold start (launch app.py, poll its port until
-it answers); and the peak memory (RSS) of a `python -m minigpt train` run of the default model.
+step's floor (its weights' bytes over the measured memory bandwidth); the app's cold start
+(launch app.py, poll its port until it answers); and the peak memory (RSS) of a
+`python -m minigpt train` run of the default model.
 Timings on a shared machine are noisy: fp32 and the fast path are measured in alternating rounds
 and the best round of each is reported.
 """

@@ -27,6 +27,7 @@ def kernel_dir() -> Path:
     return Path(os.environ.get("MINIGPT_KERNEL_DIR") or Path.home() / ".cache" / "minigpt" / "kernels").expanduser()
 
 
+@functools.lru_cache(maxsize=1)  # the source does not change under a running process
 def _name() -> str:
     digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
     return f"minigpt_decode_{digest}"
