@@ -67,6 +67,11 @@ torch::Tensor decode_step(int64_t token, int64_t pos, const std::vector<torch::T
                           torch::Tensor vcache, int64_t n_layer, int64_t n_head, int64_t norm, bool residual,
                           bool mlp, int64_t act, double eps) {
   const int64_t V = w[0].size(0), C = w[0].size(1), hs = C / n_head, block = kcache.size(3), H = 4 * C;
+  // Out of range would read or write past the tables and the caches: refuse instead.
+  TORCH_CHECK(token >= 0 && token < V, "token ", token, " is outside the vocabulary of ", V);
+  TORCH_CHECK(pos >= 0 && pos < block, "position ", pos, " is outside the context of ", block, " (the cache is full)");
+  TORCH_CHECK(kcache.is_contiguous() && vcache.is_contiguous() && kcache.size(0) == n_layer && kcache.size(1) == 1,
+              "the caches must be contiguous (n_layer, 1, n_head, block, head_size)");
   std::vector<float> x(C), a(C), qkv(3 * C), y(C), h(mlp ? H : 0), scores(block);
   const float* wte = ptr(w[0]);
   const float* wpe = ptr(w[1]);

@@ -62,6 +62,17 @@ def test_the_kernel_sees_weights_changed_in_place(kernel):
         assert torch.allclose(step.step(4, fast), want, atol=2e-5, rtol=1e-4)
 
 
+def test_out_of_range_is_refused_not_written(kernel):
+    model = _model()
+    cache, step = new_kv_cache(model), decode_kernel.Decoder(kernel, model)
+    with pytest.raises(RuntimeError, match="vocabulary"):
+        step.step(model.config.vocab_size, cache)
+    cache.pos = model.config.block_size  # a full cache: the next position has no row
+    with pytest.raises(RuntimeError, match="context"):
+        step.step(1, cache)
+    assert cache.pos == model.config.block_size and not cache.k.any()  # nothing written, nothing advanced
+
+
 def test_models_the_kernel_cannot_run_stay_on_the_eager_path(kernel):
     model = _model()
     assert decode_kernel.decoder_for(model, new_kv_cache(model)) is not None
