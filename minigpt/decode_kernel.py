@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("decode_step.cpp")
-NORMS = {"none": 0, "layer": 1, "rms": 2}                       # what the kernel can normalise with
-ACTIVATIONS = {"gelu": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+NORM_CODES = {"none": 0, "layer": 1, "rms": 2}           # the norms the kernel knows, as it numbers them
+ACTIVATION_CODES = {"gelu": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 
 def kernel_dir() -> Path:
@@ -68,26 +68,23 @@ class Decoder:
     """`step(token, cache)` → next-token logits (vocab,) for one sequence, through the kernel."""
 
     def __init__(self, module, model):
+        from .model import NORM_EPS
         cfg, tr = model.config, model.transformer
-        self.module, self.cfg = module, cfg
         none = torch.empty(0)
 
-        def w(mod, name):  # a parameter the model may not have (biases, a norm's gain) as an empty tensor
-            p = getattr(mod, name, None) if mod is not None else None
-            return p.detach() if p is not None else none
+        def pair(mod):  # weight and bias of a norm or Linear; None for what the model has not
+            return [getattr(mod, name, None) if mod is not None else None for name in ("weight", "bias")]
 
-        tensors = [tr.wte.weight.detach(), w(tr["wpe"] if cfg.pos_emb else None, "weight")]
+        tensors = [tr.wte.weight, tr["wpe"].weight if cfg.pos_emb else None]
         for block in tr.h:
             a, m = block.attn, block.mlp
-            tensors += [w(block.ln_1, "weight"), w(block.ln_1, "bias"), w(a.c_attn, "weight"), w(a.c_attn, "bias"),
-                        w(a.c_proj, "weight"), w(a.c_proj, "bias"),
-                        w(getattr(block, "ln_2", None), "weight"), w(getattr(block, "ln_2", None), "bias"),
-                        w(m and m.c_fc, "weight"), w(m and m.c_fc, "bias"),
-                        w(m and m.c_proj, "weight"), w(m and m.c_proj, "bias")]
-        tensors += [w(tr.ln_f, "weight"), w(tr.ln_f, "bias")]
-        self.tensors = tensors  # views of the parameters: training in place is seen by the next step
-        self.args = (cfg.n_layer, cfg.n_head, NORMS[cfg.norm], cfg.residual, cfg.mlp, ACTIVATIONS[cfg.activation],
-                     1e-5)
+            tensors += [*pair(block.ln_1), *pair(a.c_attn), *pair(a.c_proj), *pair(getattr(block, "ln_2", None)),
+                        *pair(m and m.c_fc), *pair(m and m.c_proj)]
+        tensors += pair(tr.ln_f)
+        # Views of the parameters, not copies: training in place is seen by the next step.
+        self.module, self.tensors = module, [none if t is None else t.detach() for t in tensors]
+        self.args = (cfg.n_layer, cfg.n_head, NORM_CODES[cfg.norm], cfg.residual, cfg.mlp,
+                     ACTIVATION_CODES[cfg.activation], NORM_EPS)
 
     def step(self, token: int, cache) -> torch.Tensor:
         logits = self.module.decode_step(token, cache.pos, self.tensors, cache.k, cache.v, *self.args)
@@ -103,7 +100,7 @@ def decoder_for(model, cache, build: bool = False) -> Decoder | None:
         return None
     cfg, p = model.config, model.transformer.wte.weight
     if (p.device.type != "cpu" or p.dtype != torch.float32 or cache.k.dtype != torch.float32
-            or cfg.norm not in NORMS or cfg.activation not in ACTIVATIONS or cfg.n_layer < 1):
+            or cfg.norm not in NORM_CODES or cfg.activation not in ACTIVATION_CODES or cfg.n_layer < 1):
         return None
     module = load(build)
     return Decoder(module, model) if module is not None else None

@@ -82,10 +82,9 @@ def stream_ids(model, ids: list[int], max_new_tokens: int, sampling: SamplingCon
             if i == max_new_tokens - 1:
                 break  # the last token's own logits would never be used
             seq.append(tok)
-            if fast is not None and cache.room() > 0:
-                logits = fast.step(tok, cache)
-            elif cache is not None and cache.room() > 0:
-                logits = model(torch.tensor([[tok]], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1]
+            if cache is not None and cache.room() > 0:
+                logits = (fast.step(tok, cache) if fast is not None else
+                          model(torch.tensor([[tok]], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1])
             else:
                 logits = recompute()
     finally:

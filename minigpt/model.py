@@ -53,14 +53,17 @@ class RMSNorm(nn.RMSNorm):
         return super().forward(x.float())
 
 
+NORM_EPS = 1e-5  # LayerNorm's and RMSNorm's (the compiled decoding step reads it too)
+
+
 def make_norm(cfg: GPTConfig) -> nn.Module:
     """The normalisation `cfg.norm` names, from torch.nn (the formulas by hand are in experiments.py)."""
     if cfg.norm == "layer":
-        return nn.LayerNorm(cfg.n_embd, eps=1e-5, bias=cfg.bias)
+        return nn.LayerNorm(cfg.n_embd, eps=NORM_EPS, bias=cfg.bias)
     if cfg.norm == "batch":
         return TokenBatchNorm(cfg.n_embd, cfg.bias)
     if cfg.norm == "rms":
-        return RMSNorm(cfg.n_embd, eps=1e-5)
+        return RMSNorm(cfg.n_embd, eps=NORM_EPS)
     return nn.Identity()
 
 
