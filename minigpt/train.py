@@ -19,7 +19,7 @@ import torch
 
 from . import __version__
 from .data import Splits, get_batch, val_tensor
-from .device import Precision, ThreadTuner, pick_device, pick_precision
+from .device import Precision, ThreadTuner, keep_freed_memory, pick_device, pick_precision
 from .diagnostics import block_forward_stats, block_grad_norms
 from .evaluate import estimate_loss, full_val_loss
 from .generate import generate
@@ -148,6 +148,7 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
     # On a CPU, keep the thread count that runs fastest right now (see ThreadTuner); a torchrun job
     # sets its own threads per process.
     tuner = ThreadTuner() if team is None and run.precision.device == "cpu" else None
+    keep_freed_memory()  # a step's activations are reused, not faulted in again each step (~20% on a CPU)
     try:
         yield from _train(run, cfg, stop, limits, team, tuner)
     finally:
