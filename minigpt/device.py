@@ -140,19 +140,22 @@ class ThreadTuner:
     other work shares the cores, threads wait for each other at every op: measured here, a step on
     2 threads ran up to 20x slower than on 1 while another process was busy. So the tuner times
     `window` steps on the current count, then (at the start and every `every` steps) tries the
-    other count, giving up early when it is clearly slower, and keeps the faster one. `restore()`
+    other count, giving up early when it is clearly slower (after `settle` steps 1.2x slower, or at
+    once when one step costs a window), and keeps the faster one: on a quiet 2-core machine one
+    thread runs the default model's step ~1.6x slower, a probe of 20 such steps cost ~3% of a
+    25-s run, and 3 of them a sixth of that. `restore()`
     puts torch's setting back. Call `tick()` after each step and `pause()` before any other work
     (evaluation, sampling), so that only training steps are timed.
     """
 
-    def __init__(self, window: int = 20, every: int = 400):
+    def __init__(self, window: int = 20, every: int = 400, settle: int = 3):
         import torch
         n = torch.get_num_threads()
         self.original = n
         self.choices = [n, max(1, n // 2)]
         self.per_step = [None, None]  # seconds per step last seen on each choice
         self.current = 0
-        self.window, self.every = window, every
+        self.window, self.every, self.settle = window, every, settle
         self.probing = False
         self.since_probe = 0
         self.mark: float | None = None
@@ -177,7 +180,8 @@ class ThreadTuner:
         self.since_probe += 1
         elapsed = now - self.mark
         other = self.per_step[1 - self.current]
-        if self.probing and other is not None and elapsed > 1.5 * self.window * other:
+        if self.probing and other is not None and (elapsed > 1.5 * self.window * other or (
+                self.count >= self.settle and elapsed / self.count > 1.2 * other)):
             self._finish(elapsed / self.count)  # clearly slower: stop the probe now
         elif self.count >= self.window:
             self._finish(elapsed / self.count)

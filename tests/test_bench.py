@@ -131,6 +131,22 @@ def test_thread_tuner_gives_up_a_slow_probe_early(monkeypatch):
     assert probe_steps <= 3  # not the whole window of 10 slow steps
 
 
+def test_thread_tuner_gives_up_a_somewhat_slower_probe_after_a_few_steps(monkeypatch):
+    """One thread 1.6x slower (the default model on a quiet 2-core machine): the probe stops after
+    its first untimed step and `settle` timed ones, not after a window of 20."""
+    device, clock, calls = fake_threads(monkeypatch, 2)
+    tuner = device.ThreadTuner(window=20, every=1000, settle=3)
+    cost = {2: 0.1, 1: 0.16}
+    threads, probe_steps = 2, 0
+    for _ in range(80):
+        clock["t"] += cost[threads]
+        probe_steps += threads == 1
+        tuner.tick()
+        threads = calls[-1] if calls else 2
+    assert calls == [1, 2] and threads == 2
+    assert probe_steps == 4
+
+
 def test_one_thread_machine_needs_no_tuning(monkeypatch):
     import torch
 
