@@ -119,8 +119,9 @@ def keep_freed_memory() -> bool:
 
     Why: a training step allocates and frees its activations (~40 MB for the default model). By
     default glibc returns large freed blocks at once (munmap, or trimming the heap's top), so the next
-    step faults every page in again: ~10,000 page faults and ~20 ms of kernel time per step of the
-    default model on the 2-core build machine, a fifth of the step. The cost: a process keeps up to
+    step faults every page in again: up to ~10,000 page faults and ~20 ms of kernel time per step of
+    the default model on the 2-core build machine (a fifth of the step in a fresh process; fewer
+    where earlier large frees had raised glibc's own thresholds). The cost: a process keeps up to
     the threshold per heap after a peak, for its next use."""
     if not sys.platform.startswith("linux"):
         return False

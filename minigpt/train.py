@@ -148,7 +148,7 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
     # On a CPU, keep the thread count that runs fastest right now (see ThreadTuner); a torchrun job
     # sets its own threads per process.
     tuner = ThreadTuner() if team is None and run.precision.device == "cpu" else None
-    keep_freed_memory()  # a step's activations are reused, not faulted in again each step (~20% on a CPU)
+    keep_freed_memory()  # a step's activations are reused, not faulted in again (4-20% of a CPU step)
     try:
         yield from _train(run, cfg, stop, limits, team, tuner)
     finally:
