@@ -141,12 +141,12 @@ class ThreadTuner:
     other work shares the cores, threads wait for each other at every op: measured here, a step on
     2 threads ran up to 20x slower than on 1 while another process was busy. So the tuner times
     `window` steps on the current count, then (at the start and every `every` steps) tries the
-    other count, giving up early when it is clearly slower (after `settle` steps 1.2x slower, or at
-    once when one step costs a window), and keeps the faster one: on a quiet 2-core machine one
-    thread runs the default model's step ~1.6x slower, a probe of 20 such steps cost ~3% of a
-    25-s run, and 3 of them a sixth of that. `restore()`
-    puts torch's setting back. Call `tick()` after each step and `pause()` before any other work
-    (evaluation, sampling), so that only training steps are timed.
+    other count, giving up early when it is clearly slower (1.2x after `settle` timed steps, or
+    whenever the probe has already cost 1.5 windows of the other count), and keeps the faster one.
+    On a quiet 2-core machine one thread runs the default model's step ~1.6x slower: a probe of 20
+    such steps cost ~3% of a 25-s run, 3 of them a sixth of that. `restore()` puts torch's setting
+    back. Call `tick()` after each step and `pause()` before any other work (evaluation, sampling),
+    so that only training steps are timed.
     """
 
     def __init__(self, window: int = 20, every: int = 400, settle: int = 3):
