@@ -4,11 +4,12 @@
     python -m minigpt bench --quick --json    # about a minute; the last line is one JSON object
     python -m minigpt bench --baseline        # also times nanoGPT's CPU recipe, for the ratio
 
-It measures training tokens/s of the trainer itself (`train()`, fp32 and the fast path: bf16
-autocast where the CPU has it) for the 4-layer, 128-wide, context-64 model at the default batch;
-generation tokens/s with and without the KV cache (6 layers, 384 wide, context 256, random
-weights: speed does not depend on them), the cached steps through the compiled decoding kernel
-(built here first, ~30 s once; minigpt/decode_kernel.py) and on the eager model, next to the
+It builds minigpt's compiled kernels first on a CPU (~50 s once; minigpt/decode_kernel.py), then
+measures training tokens/s of the trainer itself (`train()`, fp32 and the fast path: bf16 autocast
+where the CPU has it; the fast path also with the eager attention, to show the kernel's share) for
+the 4-layer, 128-wide, context-64 model at the default batch; generation tokens/s with and without
+the KV cache (6 layers, 384 wide, context 256, random weights: speed does not depend on them), the
+cached steps through the compiled decoding step and on the eager model, next to the
 step's floor (its weights' bytes over the measured memory bandwidth); the app's cold start
 (launch app.py, poll its port until it answers); and the peak memory (RSS) of a
 `python -m minigpt train` run of the default model.
@@ -76,8 +77,9 @@ def _char_tokenizer(vocab: int):
 
 
 def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int | None = None,
-                       device: str = "cpu") -> float:
-    """Training tokens/s of `train()` for `model` on random tokens, over the last two thirds of `steps`."""
+                       device: str = "cpu", attention_kernel: bool = True) -> float:
+    """Training tokens/s of `train()` for `model` on random tokens, over the last two thirds of `steps`
+    (`attention_kernel=False`: the eager attention even where the compiled one is built)."""
     from .train import Run, Step, train
     cfg = TrainConfig(max_iters=steps, eval_interval=steps + 1, sample_every=0, device=device, dtype=dtype)
     if batch_size is not None:
@@ -85,6 +87,7 @@ def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int
     ids = _synthetic_ids(max(200_000, 4 * model.block_size * cfg.batch_size), model.vocab_size)
     run = Run.create(replace(model), _char_tokenizer(model.vocab_size), Splits(train=ids, val=ids[:0]),
                      device=device, dtype=dtype)
+    run.model.set_attention_kernel(attention_kernel)
     warm = max(1, steps // 3)
     first = last = None
     for ev in train(run, cfg):
@@ -243,25 +246,31 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
         log("baseline: nanoGPT's CPU recipe ...")
         b = run_baseline(200 if sizes.train_rounds < 3 else 400)
         out["baseline_tokens_per_s"] = b["tokens_per_s"] if b else None
-    log(f"training speed, {sizes.train_rounds} rounds of fp32 and {fast} ...")
-    speeds: dict[str, list[float]] = {"float32": [], fast: []}
-    for _ in range(sizes.train_rounds):
-        for dtype in speeds:
-            speeds[dtype].append(train_tokens_per_s(sizes.train_model, dtype, sizes.train_steps, device=device))
-    out["train_tokens_per_s_fp32"] = round(max(speeds["float32"]))
-    out["train_tokens_per_s"] = round(max(speeds[fast]))
-    if baseline:
-        b = out["baseline_tokens_per_s"]
-        out["train_speedup_vs_baseline"] = round(out["train_tokens_per_s"] / b, 2) if b else None
-    out["decode_path"] = "eager"
-    if device == "cpu":  # the cached steps go through the compiled kernel once it is built
-        log("the decoding kernel (a C++ build, ~30 s the first time) ...")
+    out["decode_path"] = out["train_attention"] = "eager"
+    if device == "cpu":  # training's attention and the cached decoding steps use the kernels once built
+        log("the compiled kernels (a C++ build, ~50 s the first time) ...")
         try:
             from .decode_kernel import load
             load(build=True)
-            out["decode_path"] = "kernel"
+            out["decode_path"] = out["train_attention"] = "kernel"
         except RuntimeError as e:
             out["kernel_error"] = str(e)
+    log(f"training speed, {sizes.train_rounds} rounds of fp32 and {fast} ...")
+    kinds = {"float32": ("float32", True), fast: (fast, True)}
+    if out["train_attention"] == "kernel":  # and the eager attention, to show what the kernel gives
+        kinds["eager"] = (fast, False)
+    speeds: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(sizes.train_rounds):
+        for kind, (dtype, kernel) in kinds.items():
+            speeds[kind].append(train_tokens_per_s(sizes.train_model, dtype, sizes.train_steps, device=device,
+                                                   attention_kernel=kernel))
+    out["train_tokens_per_s_fp32"] = round(max(speeds["float32"]))
+    out["train_tokens_per_s"] = round(max(speeds[fast]))
+    if "eager" in speeds:
+        out["train_tokens_per_s_eager_attention"] = round(max(speeds["eager"]))
+    if baseline:
+        b = out["baseline_tokens_per_s"]
+        out["train_speedup_vs_baseline"] = round(out["train_tokens_per_s"] / b, 2) if b else None
     log("generation speed, with and without the KV cache ...")
     kinds = {"cache": (True, True), "nocache": (False, False)}
     if out["decode_path"] == "kernel":
@@ -312,9 +321,13 @@ def table(r: dict, sizes: Sizes = FULL) -> str:
     t, g = sizes.train_model, sizes.gen_model
     shape = f"{t.n_layer}×{t.n_head}×{t.n_embd}, context {t.block_size}, batch {r['batch_size']}, {r['optimizer']}"
     gshape = f"{g.n_layer}×{g.n_head}×{g.n_embd}, context {g.block_size}, {sizes.gen_tokens} tokens"
-    rows = [("training, fp32", shape, _num(r["train_tokens_per_s_fp32"], " tok/s")),
-            (f"training, fast path ({r['dtype']})", shape,
+    attention = r.get("train_attention", "eager")
+    rows = [(f"training, fp32 (attention {attention})", shape, _num(r["train_tokens_per_s_fp32"], " tok/s")),
+            (f"training, fast path ({r['dtype']}, attention {attention})", shape,
              _num(r["train_tokens_per_s"], " tok/s") + f" ({r['train_tokens_per_s'] / r['train_tokens_per_s_fp32']:.1f}× fp32)")]
+    if "train_tokens_per_s_eager_attention" in r:
+        rows.append((f"training, fast path ({r['dtype']}, attention eager)", shape,
+                     _num(r["train_tokens_per_s_eager_attention"], " tok/s")))
     if "baseline_tokens_per_s" in r:
         speedup = r.get("train_speedup_vs_baseline")
         rows.append(("nanoGPT CPU recipe (fp32)", "4×4×128, context 64, batch 12",

@@ -229,8 +229,9 @@ def _train(args, team) -> int:
                     print(json.dumps(event_dict(ev)), file=out, flush=True)
             elif isinstance(ev, Start):
                 procs = f" × {team.world_size} processes" if team is not None else ""
+                attention = " | attention kernel" if ev.attention == "kernel" else ""
                 print(f"device {ev.device} ({ev.dtype}){procs} | {ev.params:,} parameters | "
-                      f"{ev.train_tokens:,} train / {ev.val_tokens:,} val tokens", file=out, flush=True)
+                      f"{ev.train_tokens:,} train / {ev.val_tokens:,} val tokens{attention}", file=out, flush=True)
             elif isinstance(ev, Step):
                 now = time.monotonic()
                 if ev.iter % args.log_interval == 0 and now - last_print >= 1.0:

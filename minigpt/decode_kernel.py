@@ -1,11 +1,13 @@
-"""A compiled decoding step for CPUs: one C++ call per token instead of ~80 torch ops.
+"""minigpt's compiled kernels for CPUs, and the decoding step that uses them.
 
-The kernel (decode_step.cpp, beside this file) is built with the machine's C++ compiler the first
-time it is asked for (`python -m minigpt kernel`, or `bench`), ~30 s, and kept in the cache folder
-($MINIGPT_KERNEL_DIR, else ~/.cache/minigpt/kernels) under a name that carries the source's hash,
-so a changed source is a new build. Generation uses it only once it is built: `load()` never
-compiles unless asked, so a page or a command never waits on a compiler, and without one (or on
-another device, dtype or norm) decoding stays on the eager model, the reference the kernel is
+One C++ extension holds two kernels: a decoding step (decode_step.cpp: one call per token instead
+of ~80 torch ops) and causal self-attention for training (train_kernels.cpp, used through
+minigpt/train_kernels.py). It is built with the machine's C++ compiler the first time it is asked
+for (`python -m minigpt kernel`, or `bench`), ~40 s, and kept in the cache folder
+($MINIGPT_KERNEL_DIR, else ~/.cache/minigpt/kernels) under a name that carries the sources' hash, so
+a changed source is a new build. Generation and training use it only once it is built: `load()`
+never compiles unless asked, so a page or a command never waits on a compiler, and without one (or
+on another device, dtype or norm) they stay on the eager model, the reference the kernels are
 tested against.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("decode_step.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.cpp", "decode_step.cpp", "train_kernels.cpp"))
 NORM_CODES = {"none": 0, "layer": 1, "rms": 2}           # the norms the kernel knows, as it numbers them
 ACTIVATION_CODES = {"gelu": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
@@ -27,10 +29,10 @@ def kernel_dir() -> Path:
     return Path(os.environ.get("MINIGPT_KERNEL_DIR") or Path.home() / ".cache" / "minigpt" / "kernels").expanduser()
 
 
-@functools.lru_cache(maxsize=1)  # the source does not change under a running process
+@functools.lru_cache(maxsize=1)  # the sources do not change under a running process
 def _name() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
-    return f"minigpt_decode_{digest}"
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + torch.__version__.encode()).hexdigest()[:12]
+    return f"minigpt_kernels_{digest}"
 
 
 def _build_dir() -> Path:
@@ -47,12 +49,12 @@ def _load():
     from torch.utils.cpp_extension import load
     build = _build_dir()
     build.mkdir(parents=True, exist_ok=True)
-    return load(name=_name(), sources=[str(SOURCE)], build_directory=str(build), verbose=False,
+    return load(name=_name(), sources=[str(p) for p in SOURCES], build_directory=str(build), verbose=False,
                 extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
 
 
 def load(build: bool = False):
-    """The compiled module, or None: compiled now only if `build` (~30 s once), else only if built
+    """The compiled module, or None: compiled now only if `build` (~40 s once), else only if built
     before. Raises RuntimeError with the compiler's reason when a requested build fails."""
     if not build and not is_built():
         return None
@@ -61,7 +63,7 @@ def load(build: bool = False):
     except Exception as e:  # a missing compiler or headers: the eager path still works
         if not build:
             return None
-        raise RuntimeError(f"the decoding kernel could not be built ({type(e).__name__}: {e})") from e
+        raise RuntimeError(f"the kernels could not be built ({type(e).__name__}: {e})") from e
 
 
 class Decoder:
@@ -121,11 +123,24 @@ def self_check(module, seed: int = 0) -> float:
     return worst
 
 
+def attention_check(module, seed: int = 0) -> float:
+    """Largest difference between the training attention kernel and F.scaled_dot_product_attention,
+    output and gradient, on random fp32 input (T and the head size no multiples of 16)."""
+    from .train_kernels import attention, reference_attention
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(2, 21, 3 * 36, generator=gen, requires_grad=True)
+    dy = torch.randn(2, 21, 36, generator=gen)
+    (y1, g1), (y2, g2) = [(y.detach(), *torch.autograd.grad(y, qkv, dy))
+                          for y in (attention(qkv, 3, module), reference_attention(qkv, 3))]
+    return max((y1 - y2).abs().max().item(), (g1 - g2).abs().max().item())
+
+
 def register(subparsers):
-    p = subparsers.add_parser("kernel", help="build the compiled decoding step (~30 s once; needs a C++ compiler)",
-                              description="Compile minigpt's decoding kernel (decode_step.cpp) with this machine's "
-                                          "C++ compiler and check it against the eager model. Generation uses it "
-                                          "from then on (a GPT on the CPU in fp32). Example: python -m minigpt kernel")
+    p = subparsers.add_parser("kernel", help="build the compiled kernels (~50 s once; needs a C++ compiler)",
+                              description="Compile minigpt's kernels (a decoding step and training's attention) with "
+                                          "this machine's C++ compiler and check them against the eager model. From "
+                                          "then on generation (a GPT on the CPU in fp32) and training on the CPU use "
+                                          "them. Example: python -m minigpt kernel")
     p.set_defaults(func=_run)
 
 
@@ -136,14 +151,16 @@ def _run(args) -> int:
     was_built = is_built()
     try:
         module = load(build=True)
-    except RuntimeError as e:  # the compiler's words; generation stays on the eager model
+    except RuntimeError as e:  # the compiler's words; generation and training stay on the eager model
         print(f"error: {e}", file=sys.stderr)
         return 1
-    worst = self_check(module)
+    worst, attn = self_check(module), attention_check(module)
     verb = "already built" if was_built else f"built in {time.perf_counter() - t0:.1f} s"
-    print(f"decoding kernel {verb}: {_build_dir()}")
-    if worst > 1e-4:
-        print(f"error: the kernel's logits differ from the model's by {worst:.2g}", flush=True)
+    print(f"kernels {verb}: {_build_dir()}")
+    if worst > 1e-4 or attn > 1e-4:
+        print(f"error: the kernels differ from the eager model: decoding logits by {worst:.2g}, "
+              f"attention by {attn:.2g}", flush=True)
         return 1
-    print(f"checked against the eager model: largest logit difference {worst:.2g}")
+    print(f"checked against the eager model: decoding logits within {worst:.2g}, training attention "
+          f"(output and gradient) within {attn:.2g}")
     return 0

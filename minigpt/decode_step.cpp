@@ -123,7 +123,3 @@ torch::Tensor decode_step(int64_t token, int64_t pos, const std::vector<torch::T
   gemv(wte, a.data(), nullptr, logits.data_ptr<float>(), V, C);  // the head is the tied embedding
   return logits;
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_step", &decode_step, "one cached decoding step of minigpt's GPT (batch 1, fp32, CPU)");
-}

@@ -21,6 +21,7 @@ class Start:
     max_iters: int
     max_seconds: float | None
     start_iter: int
+    attention: str = "eager"  # "kernel" when training's attention runs through the compiled kernel
 
 
 @dataclass

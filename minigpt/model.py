@@ -7,6 +7,8 @@ the standard GPT, with the same parameter names and the same code path as before
 `forward(idx, targets=None, kv_cache=None, return_attn=False, last_only=False)`: attention runs through the fused
 `F.scaled_dot_product_attention` by default and through the explicit q·kᵀ/√d → mask → softmax → ·v
 path when the weights are asked for (the attention view) or when `explicit_attention` is set.
+Training on a CPU takes the compiled attention of minigpt/train_kernels.py instead once it is built
+(`python -m minigpt kernel`; the same function, fewer and faster ops), unless `set_attention_kernel(False)`.
 `last_only=True` (generation) computes only the last position's logits: the last block needs the
 keys and values of every position but the query, attention, projection and MLP of the last only.
 The GPT's matrices are `Linear` (an nn.Linear: same parameters) whose fp32 inference on a few rows
@@ -22,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import train_kernels
 from .config import (ACTIVATION_NAMES, MODEL_KINDS, NORMS, SWITCHES, GPTConfig, arch_changes,  # noqa: F401
                      arch_summary, estimate_params)
 
@@ -121,6 +124,13 @@ def _slow_fused_backward(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
 
 
+def _training_kernel(qkv: torch.Tensor, attn: nn.Module):
+    """The compiled attention (minigpt/train_kernels.py) when training on a CPU and it is built."""
+    if not torch.is_grad_enabled() or qkv.device.type != "cpu":
+        return None
+    return train_kernels.kernel_for(qkv, attn.dropout if attn.training else 0.0)
+
+
 # A decoding step multiplies a few rows by each weight matrix: it streams the weights from memory.
 # torch's matmul for one row (a gemv) streams at ~9 GB/s on the 2-core build machine whatever the
 # threads, against 34-42 GB/s for a plain sum; split into column blocks of Wᵀ, one per thread, a
@@ -178,6 +188,7 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.explicit = False  # force the explicit path (tests, teaching)
+        self.use_kernel = True  # training on a CPU may take the compiled attention once it is built
 
     def forward(self, x, kv_cache: KVCache | None = None, return_attn: bool = False, last_only: bool = False):
         """(output, attention weights or None); with last_only the output (and query) of the last position only."""
@@ -188,7 +199,12 @@ class CausalSelfAttention(nn.Module):
             q = F.linear(x[:, -1:], w[:C], None if b is None else b[:C])
             k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)
         else:
-            q, k, v = self.c_attn(x).split(C, dim=2)
+            qkv = self.c_attn(x)
+            kernel = (_training_kernel(qkv, self) if self.use_kernel and not (return_attn or self.explicit)
+                      and kv_cache is None else None)
+            if kernel is not None:
+                return self.resid_dropout(self.c_proj(train_kernels.attention(qkv, self.n_head, kernel))), None
+            q, k, v = qkv.split(C, dim=2)
         T = q.size(1)  # query positions: Tx, or 1 with last_only
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, Tx, self.n_head, hs).transpose(1, 2)
@@ -289,6 +305,11 @@ class GPT(nn.Module):
     def set_explicit_attention(self, on: bool = True):
         for block in self.transformer.h:
             block.attn.explicit = on
+
+    def set_attention_kernel(self, on: bool = True):
+        """Let training on a CPU use the compiled attention when it is built (the default), or not."""
+        for block in self.transformer.h:
+            block.attn.use_kernel = on
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None, return_attn: bool = False,
                 last_only: bool = False):

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from . import __version__
+from . import __version__, train_kernels
 from .data import Splits, get_batch, val_tensor
 from .device import Precision, ThreadTuner, keep_freed_memory, pick_device, pick_precision
 from .diagnostics import block_forward_stats, block_grad_norms
@@ -198,7 +198,8 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
     check_every = max(1, horizon // 20)
     yield Start(device=device, dtype=precision.dtype, params=model.num_params(),
                 train_tokens=len(run.splits.train), val_tokens=len(run.splits.val),
-                max_iters=cfg.max_iters, max_seconds=cfg.max_seconds, start_iter=run.iters)
+                max_iters=cfg.max_iters, max_seconds=cfg.max_seconds, start_iter=run.iters,
+                attention="kernel" if train_kernels.used_by(model) else "eager")
 
     model.train()
     t0 = time.perf_counter()

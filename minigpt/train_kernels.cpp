@@ -1,0 +1,252 @@
+// Causal self-attention for training on a CPU, forward and backward, one call each per layer.
+//
+// Why: the eager attention of a small GPT (context 64, heads of 32) is ~12 torch ops a layer
+// forward and ~20 backward: 64x64 batched products that run far below the CPU's peak, a softmax,
+// the q/k/v split and its backward `cat`, and transposes. Here each (sequence, head) is one task:
+// its q, k and v are read straight from the (B, T, 3C) output of c_attn, everything stays in the
+// caches, only the causal half of the scores is computed, and the gradient is written straight
+// into a (B, T, 3C) tensor for c_attn's backward. The arithmetic is fp32 whatever the input dtype
+// (bf16 under autocast): the same as flash attention's, the probabilities recomputed in backward
+// from the saved log-sum-exp. Built on request with the decoding kernel (minigpt/decode_kernel.py);
+// F.scaled_dot_product_attention is the reference it is tested against
+// (tests/test_attention_kernel.py).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// 16 floats: one AVX-512 register, two AVX ones, four NEON ones (GCC and Clang vector extensions).
+typedef float vf __attribute__((vector_size(64)));
+constexpr int64_t W = 16;
+
+inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }  // (0 + x would be an add)
+inline int64_t up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// C[r][0:16*NV] = sum over k in [k0, k1) of A(r, k) * B[k][0:16*NV], for the 4 rows r of a block,
+// A(r, k) = A[r * ars + k * aks] (so A may be read transposed): 4 x NV accumulators stay in
+// registers, and each loaded row of B feeds 4 products.
+template <int NV>
+inline void micro(const float* A, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* C, int64_t ldc,
+                  int64_t k0, int64_t k1) {
+  vf acc[4][NV];
+  for (int r = 0; r < 4; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
+  for (int64_t k = k0; k < k1; ++k) {
+    vf b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = vload(B + k * ldb + v * W);
+    for (int r = 0; r < 4; ++r) {
+      const vf a = splat(A[r * ars + k * aks]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int v = 0; v < NV; ++v) vstore(C + r * ldc + v * W, acc[r][v]);
+}
+
+// The 4 rows of C = A B from row `r0`: columns [0, n) (n a multiple of 16) over k in [k0, k1).
+inline void rows4(const float* A, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* C, int64_t ldc,
+                  int64_t r0, int64_t n, int64_t k0, int64_t k1) {
+  const float* a = A + r0 * ars;
+  float* c = C + r0 * ldc;
+  int64_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) micro<2>(a, ars, aks, B + j, ldb, c + j, ldc, k0, k1);
+  if (j < n) micro<1>(a, ars, aks, B + j, ldb, c + j, ldc, k0, k1);
+}
+
+// exp(x) for x <= 0 (a softmax's shifted scores; 0 below -87): Cephes' expf polynomial, ~2 ulp,
+// written so that a loop of it vectorises (std::exp would not without -ffast-math).
+inline float exp_neg(float x) {
+  const bool under = x < -87.0f;
+  x = under ? -87.0f : x;
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return under ? 0.f : p * scale;
+}
+
+// Per-thread scratch for one (sequence, head): T and the head size padded to multiples of 16, every
+// row 64-byte aligned (a vector load across two cache lines costs two).
+struct Scratch {
+  int64_t T, Tp, hs, hp;
+  std::vector<float> buf;
+  float *q, *k, *v, *kt, *vt, *o, *dout, *ds, *dq, *dk, *dv;
+  Scratch(int64_t T_, int64_t hs_) : T(T_), Tp(up(T_, W)), hs(hs_), hp(up(hs_, W)) {
+    const int64_t th = Tp * hp;
+    buf.assign(10 * th + Tp * Tp + W, 0.f);
+    float* at = buf.data() + (W - reinterpret_cast<uintptr_t>(buf.data()) / sizeof(float) % W) % W;
+    for (float** m : {&q, &k, &v, &kt, &vt, &o, &dout, &dq, &dk, &dv}) {
+      *m = at;
+      at += th;
+    }
+    ds = at;
+  }
+};
+
+// rows x cols of `src` (row stride `ld`, any dtype) into `dst` (row stride `ldd`) as fp32, times `mul`.
+template <typename scalar_t>
+void gather(const scalar_t* src, int64_t ld, float* dst, int64_t ldd, int64_t rows, int64_t cols, float mul) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t d = 0; d < cols; ++d) dst[i * ldd + d] = static_cast<float>(src[i * ld + d]) * mul;
+}
+
+template <typename scalar_t>
+void scatter(const float* src, int64_t lds, scalar_t* dst, int64_t ld, int64_t rows, int64_t cols, float mul) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t d = 0; d < cols; ++d) dst[i * ld + d] = static_cast<scalar_t>(src[i * lds + d] * mul);
+}
+
+// The same, transposed: dst[d][i] = src[i][d] (strided reads, contiguous writes).
+template <typename scalar_t>
+void gather_t(const scalar_t* src, int64_t ld, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
+  for (int64_t d = 0; d < cols; ++d)
+    for (int64_t i = 0; i < rows; ++i) dst[d * ldd + i] = static_cast<float>(src[i * ld + d]);
+}
+
+// One (sequence, head) forward: y = P v with P = softmax(causal((scale q) kᵀ)), P written to `p`
+// (Tp x Tp, zeros right of the diagonal) for the backward pass.
+template <typename scalar_t>
+void forward_one(const scalar_t* qkv, scalar_t* y, float* p, int64_t C, int64_t h, float scale, Scratch& w) {
+  const int64_t T = w.T, Tp = w.Tp, hs = w.hs, hp = w.hp, ld = 3 * C;
+  gather(qkv + h * hs, ld, w.q, hp, T, hs, scale);
+  gather_t(qkv + C + h * hs, ld, w.kt, Tp, T, hs);
+  gather(qkv + 2 * C + h * hs, ld, w.v, hp, T, hs, 1.f);
+  for (int64_t i0 = 0; i0 < T; i0 += 4)  // scores: each block of 4 rows up to its last column, rounded up to 16
+    rows4(w.q, hp, 1, w.kt, Tp, p, Tp, i0, up(std::min(i0 + 4, T), W), 0, hs);
+  for (int64_t i = 0; i < T; ++i) {
+    // Whole vectors up to column n (the block's scores reach it): the columns right of the diagonal
+    // are -inf, so they come out 0, and no loop has a scalar remainder.
+    float* s = p + i * Tp;
+    const int64_t n = up(i + 1, W);
+    std::fill(s + i + 1, s + n, -std::numeric_limits<float>::infinity());
+    float m = -std::numeric_limits<float>::infinity(), sum = 0.f;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] = exp_neg(s[j] - m);
+      sum += s[j];
+    }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+    std::fill(s + n, s + Tp, 0.f);
+  }
+  std::fill(p + T * Tp, p + up(T, 4) * Tp, 0.f);  // the last block's rows past T, read below
+  for (int64_t i0 = 0; i0 < T; i0 += 4)  // O = P v: row i needs the keys up to i only
+    rows4(p, Tp, 1, w.v, hp, w.o, hp, i0, hp, 0, std::min(i0 + 4, T));
+  scatter(w.o, hp, y + h * hs, C, T, hs, 1.f);
+}
+
+// One (sequence, head) backward from the forward's P, writing dq, dk, dv into dqkv's columns of this head.
+template <typename scalar_t>
+void backward_one(const scalar_t* qkv, const scalar_t* y, const float* p, const scalar_t* dy, scalar_t* dqkv,
+                  int64_t C, int64_t h, float scale, Scratch& w) {
+  const int64_t T = w.T, Tp = w.Tp, hs = w.hs, hp = w.hp, ld = 3 * C;
+  gather(qkv + h * hs, ld, w.q, hp, T, hs, scale);
+  gather(qkv + C + h * hs, ld, w.k, hp, T, hs, 1.f);
+  gather_t(qkv + 2 * C + h * hs, ld, w.vt, Tp, T, hs);
+  gather(y + h * hs, C, w.o, hp, T, hs, 1.f);
+  gather(dy + h * hs, C, w.dout, hp, T, hs, 1.f);
+  for (int64_t i0 = 0; i0 < T; i0 += 4)  // dP = dO vᵀ, causal part
+    rows4(w.dout, hp, 1, w.vt, Tp, w.ds, Tp, i0, up(std::min(i0 + 4, T), W), 0, hs);
+  for (int64_t i = 0; i < T; ++i) {  // dS = P (dP - rowsum(dO o))
+    const float* o = w.o + i * hp;
+    const float* g = w.dout + i * hp;
+    float di = 0.f;
+#pragma omp simd reduction(+ : di)
+    for (int64_t d = 0; d < hs; ++d) di += o[d] * g[d];
+    const float* pi = p + i * Tp;
+    float* ds = w.ds + i * Tp;
+    const int64_t n = up(i + 1, W);  // P is 0 right of the diagonal, so dS is too
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) ds[j] = pi[j] * (ds[j] - di);
+    std::fill(ds + n, ds + Tp, 0.f);
+  }
+  for (int64_t i0 = 0; i0 < T; i0 += 4)  // dq = scale dS k
+    rows4(w.ds, Tp, 1, w.k, hp, w.dq, hp, i0, hp, 0, std::min(i0 + 4, T));
+  // dk = dSᵀ (scale q) and dv = Pᵀ dO, dS and P read transposed: key j was seen by the queries i >= j.
+  for (int64_t j0 = 0; j0 < T; j0 += 4) {
+    rows4(w.ds, 1, Tp, w.q, hp, w.dk, hp, j0, hp, j0, T);
+    rows4(p, 1, Tp, w.dout, hp, w.dv, hp, j0, hp, j0, T);
+  }
+  scatter(w.dq, hp, dqkv + h * hs, ld, T, hs, scale);
+  scatter(w.dk, hp, dqkv + C + h * hs, ld, T, hs, 1.f);
+  scatter(w.dv, hp, dqkv + 2 * C + h * hs, ld, T, hs, 1.f);
+}
+
+void check(const torch::Tensor& qkv, int64_t n_head) {
+  TORCH_CHECK(qkv.device().is_cpu() && qkv.dim() == 3 && qkv.is_contiguous(), "qkv must be a contiguous (B, T, 3C) CPU tensor");
+  TORCH_CHECK(qkv.scalar_type() == torch::kFloat || qkv.scalar_type() == torch::kBFloat16, "qkv must be float32 or bfloat16");
+  TORCH_CHECK(n_head > 0 && qkv.size(2) % (3 * n_head) == 0, "the width must split into 3 x n_head heads");
+}
+
+}  // namespace
+
+// (y (B, T, C) in qkv's dtype, P (B, n_head, Tp, Tp) fp32: the attention weights, T padded to a
+// multiple of 16, kept for the backward) for qkv (B, T, 3C) = c_attn's output.
+std::vector<torch::Tensor> attention_forward(torch::Tensor qkv, int64_t n_head) {
+  check(qkv, n_head);
+  const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, hs = C / n_head, Tp = up(T, W);
+  auto y = torch::empty({B, T, C}, qkv.options());
+  auto probs = torch::empty({B, n_head, Tp, Tp}, qkv.options().dtype(torch::kFloat));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, qkv.scalar_type(), "attention_forward", [&] {
+    const scalar_t* in = qkv.data_ptr<scalar_t>();
+    scalar_t* out = y.data_ptr<scalar_t>();
+    float* p = probs.data_ptr<float>();
+    at::parallel_for(0, B * n_head, 1, [&](int64_t begin, int64_t end) {
+      Scratch w(T, hs);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / n_head, h = t % n_head;
+        forward_one(in + b * T * 3 * C, out + b * T * C, p + t * Tp * Tp, C, h, scale, w);
+      }
+    });
+  });
+  return {y, probs};
+}
+
+// dqkv (B, T, 3C) for the forward's qkv, y and P, and the gradient dy of y.
+torch::Tensor attention_backward(torch::Tensor qkv, torch::Tensor y, torch::Tensor probs, torch::Tensor dy, int64_t n_head) {
+  check(qkv, n_head);
+  const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, hs = C / n_head, Tp = up(T, W);
+  TORCH_CHECK(y.sizes() == dy.sizes() && y.size(0) == B && y.size(1) == T && y.size(2) == C, "y and dy must be (B, T, C)");
+  TORCH_CHECK(probs.scalar_type() == torch::kFloat && probs.is_contiguous() && probs.numel() == B * n_head * Tp * Tp,
+              "probs must be the forward's (B, n_head, Tp, Tp) fp32 tensor");
+  y = y.to(qkv.scalar_type()).contiguous();
+  dy = dy.to(qkv.scalar_type()).contiguous();
+  auto dqkv = torch::empty_like(qkv);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, qkv.scalar_type(), "attention_backward", [&] {
+    const scalar_t* in = qkv.data_ptr<scalar_t>();
+    const scalar_t* out = y.data_ptr<scalar_t>();
+    const scalar_t* g = dy.data_ptr<scalar_t>();
+    scalar_t* dg = dqkv.data_ptr<scalar_t>();
+    const float* p = probs.data_ptr<float>();
+    at::parallel_for(0, B * n_head, 1, [&](int64_t begin, int64_t end) {
+      Scratch w(T, hs);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / n_head, h = t % n_head;
+        backward_one(in + b * T * 3 * C, out + b * T * C, p + t * Tp * Tp, g + b * T * C, dg + b * T * 3 * C, C, h, scale, w);
+      }
+    });
+  });
+  return dqkv;
+}
+

@@ -1,0 +1,139 @@
+"""The compiled training attention against F.scaled_dot_product_attention and the eager model."""
+
+import pytest
+import torch
+
+from minigpt import decode_kernel, train_kernels
+from minigpt.model import GPTConfig, build_model
+from minigpt.optim import make_optimizer
+from minigpt.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return decode_kernel.load(build=True)  # ~50 s the first time on a machine, then cached
+
+
+def _grads(fn, qkv, dy):
+    x = qkv.detach().clone().requires_grad_()
+    y = fn(x)
+    y.backward(dy)
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("B,T,C,n_head", [
+    (2, 64, 128, 4),    # the default model's shape
+    (3, 13, 40, 5),     # head size 8, T no multiple of 4 or 16
+    (2, 1, 32, 2),      # one position
+    (1, 70, 96, 3),     # T past a multiple of 16, head size 32
+    (2, 130, 144, 3),   # head size 48: three vectors
+])
+def test_attention_equals_sdpa_forward_and_backward(kernel, B, T, C, n_head):
+    gen = torch.Generator().manual_seed(T)
+    qkv = torch.randn(B, T, 3 * C, generator=gen, dtype=torch.float64)
+    dy = torch.randn(B, T, C, generator=gen, dtype=torch.float64)
+    want_y, want_g = _grads(lambda x: train_kernels.reference_attention(x, n_head), qkv, dy)
+    y, g = _grads(lambda x: train_kernels.attention(x, n_head, kernel), qkv.float(), dy.float())
+    assert y.dtype == g.dtype == torch.float32 and g.shape == qkv.shape
+    assert torch.allclose(y.double(), want_y, atol=2e-6, rtol=0)
+    assert torch.allclose(g.double(), want_g, atol=1e-5, rtol=0)
+
+
+def test_attention_in_bfloat16_keeps_its_dtype_and_fp32_arithmetic(kernel):
+    """Under autocast c_attn's output is bf16: the kernel takes it as it is, computes in fp32 and
+    rounds once, so it is as close to the fp32 reference as bf16 allows (one rounding)."""
+    gen = torch.Generator().manual_seed(0)
+    qkv = torch.randn(4, 64, 3 * 128, generator=gen).bfloat16()
+    dy = torch.randn(4, 64, 128, generator=gen).bfloat16()
+    y, g = _grads(lambda x: train_kernels.attention(x, 4, kernel), qkv, dy)
+    want_y, want_g = _grads(lambda x: train_kernels.reference_attention(x, 4), qkv.double(), dy.double())
+    assert y.dtype == g.dtype == torch.bfloat16
+    assert (y.double() - want_y).abs().max() <= 2 ** -8 * want_y.abs().max()
+    assert (g.double() - want_g).abs().max() <= 2 ** -8 * want_g.abs().max()
+
+
+def test_the_kernel_is_softmax_safe_for_large_scores(kernel):
+    """Scores far apart (a confident head) neither overflow nor turn the weights into NaN."""
+    qkv = torch.zeros(1, 16, 3 * 16)
+    qkv[..., :16] = 60.0
+    qkv[:, ::2, 16:32] = 60.0
+    qkv[..., 32:] = torch.arange(16.0)[:, None]
+    y, g = _grads(lambda x: train_kernels.attention(x, 1, kernel), qkv, torch.ones(1, 16, 16))
+    want_y, want_g = _grads(lambda x: train_kernels.reference_attention(x, 1), qkv.double(), torch.ones(1, 16, 16).double())
+    assert torch.isfinite(y).all() and torch.isfinite(g).all()
+    assert torch.allclose(y.double(), want_y, atol=1e-5) and torch.allclose(g.double(), want_g, atol=1e-3)
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_model(GPTConfig(**{**dict(vocab_size=40, block_size=20, n_layer=2, n_head=4, n_embd=32), **kw}))
+
+
+def _loss_and_grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    _, loss = model(x, y)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_a_training_step_through_the_kernel_equals_the_eager_model(kernel):
+    """The model's loss and every parameter's gradient are the same with the kernel as without it."""
+    model = _model().train()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 40, (3, 20), generator=gen), torch.randint(0, 40, (3, 20), generator=gen)
+    assert train_kernels.used_by(model)
+    loss, grads = _loss_and_grads(model, x, y)
+    model.set_attention_kernel(False)
+    assert not train_kernels.used_by(model)
+    want_loss, want = _loss_and_grads(model, x, y)
+    assert abs(loss - want_loss) < 1e-6
+    for name, g in grads.items():
+        assert torch.allclose(g, want[name], atol=1e-6), name
+
+
+def test_the_kernel_is_used_only_where_it_computes_the_same(kernel, monkeypatch):
+    """Training with no dropout on the CPU takes it; attention dropout, the explicit (teaching) path,
+    evaluation without gradients and a missing build keep the eager attention."""
+    calls = []
+    real = train_kernels.attention
+    monkeypatch.setattr(train_kernels, "attention", lambda *a: calls.append(1) or real(*a))
+    x = torch.randint(0, 40, (2, 20))
+
+    def uses(model, grad=True):
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            model(x, x)
+        return bool(calls)
+
+    assert uses(_model().train())
+    assert not uses(_model(dropout=0.1).train()) and not train_kernels.used_by(_model(dropout=0.1))
+    assert uses(_model(dropout=0.1).eval())  # dropout is off in eval mode: with gradients it may
+    assert not uses(_model().eval(), grad=False)
+    explicit = _model().train()
+    explicit.set_explicit_attention()
+    assert not uses(explicit) and not train_kernels.used_by(explicit)
+    monkeypatch.setenv("MINIGPT_KERNEL_DIR", "/nonexistent/minigpt-kernels")
+    assert not uses(_model().train()) and not train_kernels.used_by(_model())
+
+
+def test_training_with_the_kernel_learns_like_the_eager_model(kernel):
+    """Twenty AdamW steps of the same model and batches with and without the kernel: the same losses
+    to float rounding (the kernel changes no arithmetic that matters)."""
+    gen = torch.Generator().manual_seed(2)
+    text = torch.randint(0, 40, (60,), generator=gen).repeat(10)  # a phrase said again and again: learnable
+    batches = [torch.stack([text[i:i + 21] for i in torch.randint(0, 500, (4,), generator=gen)]) for _ in range(20)]
+    curves = []
+    for on in (True, False):
+        model = _model().train()
+        model.set_attention_kernel(on)
+        opt = make_optimizer(model, TrainConfig(optimizer="adamw", lr=3e-3), "cpu")
+        losses = []
+        for b in batches:
+            _, loss = model(b[:, :-1], b[:, 1:])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curves.append(losses)
+    assert curves[0][-1] < curves[0][0] - 0.3  # it learns
+    assert max(abs(a - b) for a, b in zip(*curves)) < 1e-4
