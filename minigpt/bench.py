@@ -78,9 +78,9 @@ def _char_tokenizer(vocab: int):
 
 
 def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int | None = None,
-                       device: str = "cpu", attention_kernel: bool = True) -> float:
+                       device: str = "cpu", kernels: bool = True) -> float:
     """Training tokens/s of `train()` for `model` on random tokens, over the last two thirds of `steps`
-    (`attention_kernel=False`: the eager attention even where the compiled one is built)."""
+    (`kernels=False`: the eager model even where the compiled kernels are built)."""
     from .train import Run, Step, train
     cfg = TrainConfig(max_iters=steps, eval_interval=steps + 1, sample_every=0, device=device, dtype=dtype)
     if batch_size is not None:
@@ -88,7 +88,7 @@ def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int
     ids = _synthetic_ids(max(200_000, 4 * model.block_size * cfg.batch_size), model.vocab_size)
     run = Run.create(replace(model), _char_tokenizer(model.vocab_size), Splits(train=ids, val=ids[:0]),
                      device=device, dtype=dtype)
-    run.model.set_attention_kernel(attention_kernel)
+    run.model.set_training_kernels(kernels)
     warm = max(1, steps // 3)
     first = last = None
     for ev in train(run, cfg):
@@ -265,7 +265,7 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
             recipe += [b["tokens_per_s"]] if b else []
         for kind, (dtype, kernel) in kinds.items():
             speeds[kind].append(train_tokens_per_s(sizes.train_model, dtype, sizes.train_steps, device=device,
-                                                   attention_kernel=kernel))
+                                                   kernels=kernel))
     out["train_tokens_per_s_fp32"] = round(max(speeds["float32"]))
     out["train_tokens_per_s"] = round(max(speeds[fast]))
     if "eager" in speeds:

@@ -8,7 +8,7 @@ the standard GPT, with the same parameter names and the same code path as before
 `F.scaled_dot_product_attention` by default and through the explicit q·kᵀ/√d → mask → softmax → ·v
 path when the weights are asked for (the attention view) or when `explicit_attention` is set.
 Training on a CPU takes the compiled attention of minigpt/train_kernels.py instead once it is built
-(`python -m minigpt kernel`; the same function, fewer and faster ops), unless `set_attention_kernel(False)`.
+(`python -m minigpt kernel`; the same function, fewer and faster ops), unless `set_training_kernels(False)`.
 `last_only=True` (generation) computes only the last position's logits: the last block needs the
 keys and values of every position but the query, attention, projection and MLP of the last only.
 The GPT's matrices are `Linear` (an nn.Linear: same parameters) whose fp32 inference on a few rows
@@ -306,7 +306,7 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.explicit = on
 
-    def set_attention_kernel(self, on: bool = True):
+    def set_training_kernels(self, on: bool = True):
         """Let training on a CPU use the compiled attention when it is built (the default), or not."""
         for block in self.transformer.h:
             block.attn.use_kernel = on

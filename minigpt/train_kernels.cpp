@@ -6,10 +6,10 @@
 // its q, k and v are read straight from the (B, T, 3C) output of c_attn, everything stays in the
 // caches, only the causal half of the scores is computed, and the gradient is written straight
 // into a (B, T, 3C) tensor for c_attn's backward. The arithmetic is fp32 whatever the input dtype
-// (bf16 under autocast): the same as flash attention's, the probabilities recomputed in backward
-// from the saved log-sum-exp. Built on request with the decoding kernel (minigpt/decode_kernel.py);
-// F.scaled_dot_product_attention is the reference it is tested against
-// (tests/test_attention_kernel.py).
+// (bf16 under autocast); the attention weights are kept for the backward in the input's dtype (in
+// bf16 they are half the memory traffic, which in a training step costs more than the arithmetic).
+// Built on request with the decoding kernel (minigpt/decode_kernel.py);
+// F.scaled_dot_product_attention is the reference it is tested against (tests/test_train_kernels.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -86,44 +86,74 @@ inline float exp_neg(float x) {
 struct Scratch {
   int64_t T, Tp, hs, hp;
   std::vector<float> buf;
-  float *q, *k, *v, *kt, *vt, *o, *dout, *ds, *dq, *dk, *dv;
+  float *q, *k, *v, *kt, *vt, *o, *dout, *ds, *pf, *dq, *dk, *dv;
   Scratch(int64_t T_, int64_t hs_) : T(T_), Tp(up(T_, W)), hs(hs_), hp(up(hs_, W)) {
     const int64_t th = Tp * hp;
-    buf.assign(10 * th + Tp * Tp + W, 0.f);
+    buf.assign(10 * th + 2 * Tp * Tp + W, 0.f);
     float* at = buf.data() + (W - reinterpret_cast<uintptr_t>(buf.data()) / sizeof(float) % W) % W;
     for (float** m : {&q, &k, &v, &kt, &vt, &o, &dout, &dq, &dk, &dv}) {
       *m = at;
       at += th;
     }
     ds = at;
+    pf = at + Tp * Tp;
   }
 };
+
+// bf16 tensors are read and written as their bits (uint16_t): c10::BFloat16's own conversions keep
+// GCC from vectorising a loop (a bf16 elementwise loop ran 15x slower than the fp32 one).
+inline float to_f32(float v) { return v; }
+inline float to_f32(uint16_t v) {
+  const uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline void from_f32(float f, float& out) { out = f; }
+inline void from_f32(float f, uint16_t& out) {  // round to nearest even, as torch's cast; NaN stays NaN
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  u = f != f ? 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u);
+  out = static_cast<uint16_t>(u >> 16);
+}
+
+// f(float{}) or f(uint16_t{}) for an fp32 or bf16 tensor; data<T>(t) is its storage as T.
+template <typename F>
+void dispatch(const torch::Tensor& t, F&& f) {
+  if (t.scalar_type() == torch::kBFloat16)
+    f(uint16_t{});
+  else
+    f(float{});
+}
+template <typename T>
+T* data(const torch::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
 
 // rows x cols of `src` (row stride `ld`, any dtype) into `dst` (row stride `ldd`) as fp32, times `mul`.
 template <typename scalar_t>
 void gather(const scalar_t* src, int64_t ld, float* dst, int64_t ldd, int64_t rows, int64_t cols, float mul) {
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t d = 0; d < cols; ++d) dst[i * ldd + d] = static_cast<float>(src[i * ld + d]) * mul;
+    for (int64_t d = 0; d < cols; ++d) dst[i * ldd + d] = to_f32(src[i * ld + d]) * mul;
 }
 
 template <typename scalar_t>
 void scatter(const float* src, int64_t lds, scalar_t* dst, int64_t ld, int64_t rows, int64_t cols, float mul) {
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t d = 0; d < cols; ++d) dst[i * ld + d] = static_cast<scalar_t>(src[i * lds + d] * mul);
+    for (int64_t d = 0; d < cols; ++d) from_f32(src[i * lds + d] * mul, dst[i * ld + d]);
 }
 
 // The same, transposed: dst[d][i] = src[i][d] (strided reads, contiguous writes).
 template <typename scalar_t>
 void gather_t(const scalar_t* src, int64_t ld, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
   for (int64_t d = 0; d < cols; ++d)
-    for (int64_t i = 0; i < rows; ++i) dst[d * ldd + i] = static_cast<float>(src[i * ld + d]);
+    for (int64_t i = 0; i < rows; ++i) dst[d * ldd + i] = to_f32(src[i * ld + d]);
 }
 
 // One (sequence, head) forward: y = P v with P = softmax(causal((scale q) kᵀ)), P written to `p`
 // (Tp x Tp, zeros right of the diagonal) for the backward pass.
 template <typename scalar_t>
-void forward_one(const scalar_t* qkv, scalar_t* y, float* p, int64_t C, int64_t h, float scale, Scratch& w) {
+void forward_one(const scalar_t* qkv, scalar_t* y, scalar_t* saved, int64_t C, int64_t h, float scale, Scratch& w) {
   const int64_t T = w.T, Tp = w.Tp, hs = w.hs, hp = w.hp, ld = 3 * C;
+  float* p = w.pf;
   gather(qkv + h * hs, ld, w.q, hp, T, hs, scale);
   gather_t(qkv + C + h * hs, ld, w.kt, Tp, T, hs);
   gather(qkv + 2 * C + h * hs, ld, w.v, hp, T, hs, 1.f);
@@ -151,12 +181,13 @@ void forward_one(const scalar_t* qkv, scalar_t* y, float* p, int64_t C, int64_t 
   std::fill(p + T * Tp, p + up(T, 4) * Tp, 0.f);  // the last block's rows past T, read below
   for (int64_t i0 = 0; i0 < T; i0 += 4)  // O = P v: row i needs the keys up to i only
     rows4(p, Tp, 1, w.v, hp, w.o, hp, i0, hp, 0, std::min(i0 + 4, T));
+  scatter(p, Tp, saved, Tp, Tp, Tp, 1.f);  // P, in qkv's dtype, for the backward
   scatter(w.o, hp, y + h * hs, C, T, hs, 1.f);
 }
 
 // One (sequence, head) backward from the forward's P, writing dq, dk, dv into dqkv's columns of this head.
 template <typename scalar_t>
-void backward_one(const scalar_t* qkv, const scalar_t* y, const float* p, const scalar_t* dy, scalar_t* dqkv,
+void backward_one(const scalar_t* qkv, const scalar_t* y, const scalar_t* saved, const scalar_t* dy, scalar_t* dqkv,
                   int64_t C, int64_t h, float scale, Scratch& w) {
   const int64_t T = w.T, Tp = w.Tp, hs = w.hs, hp = w.hp, ld = 3 * C;
   gather(qkv + h * hs, ld, w.q, hp, T, hs, scale);
@@ -164,6 +195,8 @@ void backward_one(const scalar_t* qkv, const scalar_t* y, const float* p, const 
   gather_t(qkv + 2 * C + h * hs, ld, w.vt, Tp, T, hs);
   gather(y + h * hs, C, w.o, hp, T, hs, 1.f);
   gather(dy + h * hs, C, w.dout, hp, T, hs, 1.f);
+  float* p = w.pf;
+  gather(saved, Tp, p, Tp, Tp, Tp, 1.f);
   for (int64_t i0 = 0; i0 < T; i0 += 4)  // dP = dO vᵀ, causal part
     rows4(w.dout, hp, 1, w.vt, Tp, w.ds, Tp, i0, up(std::min(i0 + 4, T), W), 0, hs);
   for (int64_t i = 0; i < T; ++i) {  // dS = P (dP - rowsum(dO o))
@@ -199,18 +232,19 @@ void check(const torch::Tensor& qkv, int64_t n_head) {
 
 }  // namespace
 
-// (y (B, T, C) in qkv's dtype, P (B, n_head, Tp, Tp) fp32: the attention weights, T padded to a
+// (y (B, T, C) and P (B, n_head, Tp, Tp) in qkv's dtype: the attention weights, T padded to a
 // multiple of 16, kept for the backward) for qkv (B, T, 3C) = c_attn's output.
 std::vector<torch::Tensor> attention_forward(torch::Tensor qkv, int64_t n_head) {
   check(qkv, n_head);
   const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, hs = C / n_head, Tp = up(T, W);
   auto y = torch::empty({B, T, C}, qkv.options());
-  auto probs = torch::empty({B, n_head, Tp, Tp}, qkv.options().dtype(torch::kFloat));
+  auto probs = torch::empty({B, n_head, Tp, Tp}, qkv.options());
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, qkv.scalar_type(), "attention_forward", [&] {
-    const scalar_t* in = qkv.data_ptr<scalar_t>();
-    scalar_t* out = y.data_ptr<scalar_t>();
-    float* p = probs.data_ptr<float>();
+  dispatch(qkv, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* in = data<scalar_t>(qkv);
+    scalar_t* out = data<scalar_t>(y);
+    scalar_t* p = data<scalar_t>(probs);
     at::parallel_for(0, B * n_head, 1, [&](int64_t begin, int64_t end) {
       Scratch w(T, hs);
       for (int64_t t = begin; t < end; ++t) {
@@ -227,18 +261,19 @@ torch::Tensor attention_backward(torch::Tensor qkv, torch::Tensor y, torch::Tens
   check(qkv, n_head);
   const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, hs = C / n_head, Tp = up(T, W);
   TORCH_CHECK(y.sizes() == dy.sizes() && y.size(0) == B && y.size(1) == T && y.size(2) == C, "y and dy must be (B, T, C)");
-  TORCH_CHECK(probs.scalar_type() == torch::kFloat && probs.is_contiguous() && probs.numel() == B * n_head * Tp * Tp,
-              "probs must be the forward's (B, n_head, Tp, Tp) fp32 tensor");
+  TORCH_CHECK(probs.scalar_type() == qkv.scalar_type() && probs.is_contiguous() && probs.numel() == B * n_head * Tp * Tp,
+              "probs must be the forward's (B, n_head, Tp, Tp) tensor");
   y = y.to(qkv.scalar_type()).contiguous();
   dy = dy.to(qkv.scalar_type()).contiguous();
   auto dqkv = torch::empty_like(qkv);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, qkv.scalar_type(), "attention_backward", [&] {
-    const scalar_t* in = qkv.data_ptr<scalar_t>();
-    const scalar_t* out = y.data_ptr<scalar_t>();
-    const scalar_t* g = dy.data_ptr<scalar_t>();
-    scalar_t* dg = dqkv.data_ptr<scalar_t>();
-    const float* p = probs.data_ptr<float>();
+  dispatch(qkv, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* in = data<scalar_t>(qkv);
+    const scalar_t* out = data<scalar_t>(y);
+    const scalar_t* g = data<scalar_t>(dy);
+    scalar_t* dg = data<scalar_t>(dqkv);
+    const scalar_t* p = data<scalar_t>(probs);
     at::parallel_for(0, B * n_head, 1, [&](int64_t begin, int64_t end) {
       Scratch w(T, hs);
       for (int64_t t = begin; t < end; ++t) {
@@ -249,4 +284,5 @@ torch::Tensor attention_backward(torch::Tensor qkv, torch::Tensor y, torch::Tens
   });
   return dqkv;
 }
+
 

@@ -46,7 +46,7 @@ def kernel_for(qkv: torch.Tensor, dropout: float):
 
 def used_by(model) -> bool:
     """True when training `model` will run its attention through the kernel: a GPT on the CPU, fp32
-    weights, no attention dropout, the kernel allowed (GPT.set_attention_kernel) and built."""
+    weights, no attention dropout, the kernels allowed (GPT.set_training_kernels) and built."""
     blocks = getattr(getattr(model, "transformer", None), "h", None)
     if not blocks:
         return False

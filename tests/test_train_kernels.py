@@ -83,7 +83,7 @@ def test_a_training_step_through_the_kernel_equals_the_eager_model(kernel):
     x, y = torch.randint(0, 40, (3, 20), generator=gen), torch.randint(0, 40, (3, 20), generator=gen)
     assert train_kernels.used_by(model)
     loss, grads = _loss_and_grads(model, x, y)
-    model.set_attention_kernel(False)
+    model.set_training_kernels(False)
     assert not train_kernels.used_by(model)
     want_loss, want = _loss_and_grads(model, x, y)
     assert abs(loss - want_loss) < 1e-6
@@ -125,7 +125,7 @@ def test_training_with_the_kernel_learns_like_the_eager_model(kernel):
     curves = []
     for on in (True, False):
         model = _model().train()
-        model.set_attention_kernel(on)
+        model.set_training_kernels(on)
         opt = make_optimizer(model, TrainConfig(optimizer="adamw", lr=3e-3), "cpu")
         losses = []
         for b in batches:
