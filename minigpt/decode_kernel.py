@@ -3,7 +3,7 @@
 One C++ extension holds two kernels: a decoding step (decode_step.cpp: one call per token instead
 of ~80 torch ops) and causal self-attention for training (train_kernels.cpp, used through
 minigpt/train_kernels.py). It is built with the machine's C++ compiler the first time it is asked
-for (`python -m minigpt kernel`, or `bench`), ~40 s, and kept in the cache folder
+for (`python -m minigpt kernel`, or `bench`), ~50 s, and kept in the cache folder
 ($MINIGPT_KERNEL_DIR, else ~/.cache/minigpt/kernels) under a name that carries the sources' hash, so
 a changed source is a new build. Generation and training use it only once it is built: `load()`
 never compiles unless asked, so a page or a command never waits on a compiler, and without one (or
@@ -54,7 +54,7 @@ def _load():
 
 
 def load(build: bool = False):
-    """The compiled module, or None: compiled now only if `build` (~40 s once), else only if built
+    """The compiled module, or None: compiled now only if `build` (~50 s once), else only if built
     before. Raises RuntimeError with the compiler's reason when a requested build fails."""
     if not build and not is_built():
         return None

@@ -124,13 +124,6 @@ def _slow_fused_backward(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
 
 
-def _training_kernel(qkv: torch.Tensor, attn: nn.Module):
-    """The compiled attention (minigpt/train_kernels.py) when training on a CPU and it is built."""
-    if not torch.is_grad_enabled() or qkv.device.type != "cpu":
-        return None
-    return train_kernels.kernel_for(qkv, attn.dropout if attn.training else 0.0)
-
-
 # A decoding step multiplies a few rows by each weight matrix: it streams the weights from memory.
 # torch's matmul for one row (a gemv) streams at ~9 GB/s on the 2-core build machine whatever the
 # threads, against 34-42 GB/s for a plain sum; split into column blocks of Wᵀ, one per thread, a
@@ -200,8 +193,8 @@ class CausalSelfAttention(nn.Module):
             k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)
         else:
             qkv = self.c_attn(x)
-            kernel = (_training_kernel(qkv, self) if self.use_kernel and not (return_attn or self.explicit)
-                      and kv_cache is None else None)
+            kernel = (train_kernels.kernel_for(qkv, self.dropout if self.training else 0.0)
+                      if self.use_kernel and not (return_attn or self.explicit) and kv_cache is None else None)
             if kernel is not None:
                 return self.resid_dropout(self.c_proj(train_kernels.attention(qkv, self.n_head, kernel))), None
             q, k, v = qkv.split(C, dim=2)

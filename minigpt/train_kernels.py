@@ -38,8 +38,10 @@ def reference_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def kernel_for(qkv: torch.Tensor, dropout: float):
-    """The compiled module when it can run this attention (CPU, fp32 or bf16, no dropout, built), else None."""
-    if qkv.device.type != "cpu" or qkv.dtype not in (torch.float32, torch.bfloat16) or dropout > 0:
+    """The compiled module when it should run this attention: training (gradients on), on a CPU, fp32
+    or bf16, no dropout, built. Else None (inference keeps SDPA, which is fast without gradients)."""
+    if (not torch.is_grad_enabled() or qkv.device.type != "cpu" or qkv.dtype not in (torch.float32, torch.bfloat16)
+            or dropout > 0):
         return None
     return decode_kernel.load()
 
