@@ -4,7 +4,7 @@
     python -m minigpt bench --quick --json    # about a minute; the last line is one JSON object
     python -m minigpt bench --baseline        # also times nanoGPT's CPU recipe, for the ratio
 
-It builds minigpt's compiled kernels first on a CPU (~50 s once; minigpt/decode_kernel.py), then
+It builds minigpt's compiled kernels first on a CPU (~30 s once; minigpt/decode_kernel.py), then
 measures training tokens/s of the trainer itself (`train()`, fp32 and the fast path: bf16 autocast
 where the CPU has it; the fast path also with the eager attention, to show the kernel's share) for
 the 4-layer, 128-wide, context-64 model at the default batch; generation tokens/s with and without
@@ -245,7 +245,7 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
                  "optimizer": TrainConfig().optimizer}
     out["decode_path"] = out["train_attention"] = "eager"
     if device == "cpu":  # training's attention and the cached decoding steps use the kernels once built
-        log("the compiled kernels (a C++ build, ~50 s the first time) ...")
+        log("the compiled kernels (a C++ build, ~30 s the first time) ...")
         try:
             from .decode_kernel import load
             load(build=True)

@@ -3,7 +3,7 @@
 One C++ extension holds two kernels: a decoding step (decode_step.cpp: one call per token instead
 of ~80 torch ops) and causal self-attention for training (train_kernels.cpp, used through
 minigpt/train_kernels.py). It is built with the machine's C++ compiler the first time it is asked
-for (`python -m minigpt kernel`, or `bench`), ~50 s, and kept in the cache folder
+for (`python -m minigpt kernel`, or `bench`), ~30 s, and kept in the cache folder
 ($MINIGPT_KERNEL_DIR, else ~/.cache/minigpt/kernels) under a name that carries the sources' hash, so
 a changed source is a new build. Generation and training use it only once it is built: `load()`
 never compiles unless asked, so a page or a command never waits on a compiler, and without one (or
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+# kernels.cpp includes the other two (one translation unit); all three make the build's name.
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.cpp", "decode_step.cpp", "train_kernels.cpp"))
 NORM_CODES = {"none": 0, "layer": 1, "rms": 2}           # the norms the kernel knows, as it numbers them
 ACTIVATION_CODES = {"gelu": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -49,12 +50,12 @@ def _load():
     from torch.utils.cpp_extension import load
     build = _build_dir()
     build.mkdir(parents=True, exist_ok=True)
-    return load(name=_name(), sources=[str(p) for p in SOURCES], build_directory=str(build), verbose=False,
+    return load(name=_name(), sources=[str(SOURCES[0])], build_directory=str(build), verbose=False,
                 extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
 
 
 def load(build: bool = False):
-    """The compiled module, or None: compiled now only if `build` (~50 s once), else only if built
+    """The compiled module, or None: compiled now only if `build` (~30 s once), else only if built
     before. Raises RuntimeError with the compiler's reason when a requested build fails."""
     if not build and not is_built():
         return None
@@ -136,7 +137,7 @@ def attention_check(module, seed: int = 0) -> float:
 
 
 def register(subparsers):
-    p = subparsers.add_parser("kernel", help="build the compiled kernels (~50 s once; needs a C++ compiler)",
+    p = subparsers.add_parser("kernel", help="build the compiled kernels (~30 s once; needs a C++ compiler)",
                               description="Compile minigpt's kernels (a decoding step and training's attention) with "
                                           "this machine's C++ compiler and check them against the eager model. From "
                                           "then on generation (a GPT on the CPU in fp32) and training on the CPU use "

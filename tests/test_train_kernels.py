@@ -11,7 +11,7 @@ from minigpt.train import TrainConfig
 
 @pytest.fixture(scope="module")
 def kernel():
-    return decode_kernel.load(build=True)  # ~50 s the first time on a machine, then cached
+    return decode_kernel.load(build=True)  # ~30 s the first time on a machine, then cached
 
 
 def _grads(fn, qkv, dy):
