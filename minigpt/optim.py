@@ -67,7 +67,7 @@ class BatchedMuon(torch.optim.Muon):
                 continue
             lr, wd, mom = float(group["lr"]), group["weight_decay"], group["momentum"]
             torch._foreach_lerp_(bufs, grads, 1 - mom)
-            updates = ([g.lerp(b, mom) for g, b in zip(grads, bufs)] if group["nesterov"] else bufs)
+            updates = torch._foreach_lerp(grads, bufs, mom) if group["nesterov"] else bufs
             by_shape: dict[tuple, list[int]] = {}
             for i, p in enumerate(params):
                 by_shape.setdefault(tuple(p.shape), []).append(i)
@@ -80,8 +80,7 @@ class BatchedMuon(torch.optim.Muon):
                 if tall:
                     ortho = ortho.transpose(1, 2)
                 scale = lr * max(1.0, rows / cols) ** 0.5  # torch's "original" lr adjustment
-                for j, i in enumerate(idx):
-                    params[i].add_(ortho[j].to(params[i].dtype), alpha=-scale)
+                torch._foreach_add_([params[i] for i in idx], ortho.to(params[idx[0]].dtype).unbind(0), alpha=-scale)
         return loss
 
 
