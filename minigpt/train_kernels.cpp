@@ -148,8 +148,8 @@ void gather_t(const scalar_t* src, int64_t ld, float* dst, int64_t ldd, int64_t 
     for (int64_t i = 0; i < rows; ++i) dst[d * ldd + i] = to_f32(src[i * ld + d]);
 }
 
-// One (sequence, head) forward: y = P v with P = softmax(causal((scale q) kᵀ)), P written to `p`
-// (Tp x Tp, zeros right of the diagonal) for the backward pass.
+// One (sequence, head) forward: y = P v with P = softmax(causal((scale q) kᵀ)), P also written to
+// `saved` (Tp x Tp in qkv's dtype, zeros right of the diagonal) for the backward pass.
 template <typename scalar_t>
 void forward_one(const scalar_t* qkv, scalar_t* y, scalar_t* saved, int64_t C, int64_t h, float scale, Scratch& w) {
   const int64_t T = w.T, Tp = w.Tp, hs = w.hs, hp = w.hp, ld = 3 * C;

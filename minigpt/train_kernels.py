@@ -26,7 +26,7 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         qkv, y, probs = ctx.saved_tensors
-        return ctx.module.attention_backward(qkv, y, probs, dy.contiguous(), ctx.n_head), None, None
+        return ctx.module.attention_backward(qkv, y, probs, dy, ctx.n_head), None, None  # (it makes dy contiguous)
 
 
 def reference_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -60,10 +60,7 @@ def used_by(model) -> bool:
     return decode_kernel.load() is not None
 
 
-def attention(qkv: torch.Tensor, n_head: int, module=None) -> torch.Tensor:
-    """y (B, T, C) = causal softmax(q kᵀ / √hs) v for every head of qkv (B, T, 3C), through `module`
-    (default: the built kernels; raises if there are none)."""
-    module = module or decode_kernel.load()
-    if module is None:
-        raise RuntimeError("the kernels are not built: run python -m minigpt kernel")
+def attention(qkv: torch.Tensor, n_head: int, module) -> torch.Tensor:
+    """y (B, T, C) = causal softmax(q kᵀ / √hs) v for every head of qkv (B, T, 3C), through the
+    compiled `module` (`kernel_for` gives it)."""
     return _Attention.apply(qkv.contiguous(), n_head, module)
