@@ -38,7 +38,7 @@ def muon_split(model) -> tuple[list, list, list]:
 
 # Polar Express (Amsel, Persson, Musco & Gower, 2025, arXiv:2505.16932): each Newton–Schulz
 # iteration p(x) = a·x + b·x³ + c·x⁵ gets its own coefficients, the best odd quintic for the range the
-# singular values can be in by then, so fewer iterations reach the same orthogonality. The paper's
+# singular values can be in by then, so the small ones are lifted in fewer iterations. The paper's
 # first iterations, with its 1.01 safety factor (a/1.01, b/1.01³, c/1.01⁵) for bf16 rounding.
 POLAR_EXPRESS = tuple((a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in (
     (8.28721201814563, -23.595886519098837, 17.300387312530933),
@@ -49,9 +49,10 @@ POLAR_EXPRESS = tuple((a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in (
 ))
 # The default: 3 of them. They leave the singular values anywhere in ~0.2-1.9 (5 of them: 0.87-1.12;
 # torch's quintic 5 times: 0.68-1.13), yet on the default recipe they learned as much per step, and
-# each iteration is ~1.4 ms of a ~58-ms step. Full-val, 250 steps, seeds 1337 / 7: 3 Polar Express
+# each iteration is ~1.75 ms of a ~55-ms step. Full-val, 250 steps, seeds 1337 / 7: 3 Polar Express
 # iterations 1.932 / 1.941, 5 of them 1.933 / 1.921, torch's quintic 5 times 1.951 / 1.942, 4 times
-# 1.967 / 1.975, 3 times 2.053 / 2.052; 1750 steps (the shipped model's): 1.518, 1.522, 1.519.
+# 1.967 / 1.975, 3 times 2.053 / 2.052; 1750 steps: 1.518 (3), 1.522 (5), 1.519 (torch's); the
+# shipped model's command (README): 1.505, 1.505 (4), 1.503 (torch's).
 POLAR_EXPRESS_STEPS = 3
 
 
@@ -101,12 +102,13 @@ class BatchedMuon(torch.optim.Muon):
                 by_shape.setdefault((min(p.shape), max(p.shape)), []).append(i)
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)
-            schedule = self.ns_schedule or (group["ns_coefficients"],) * group["ns_steps"]
+            torch_ns = self.ns_schedule is None
+            schedule = (group["ns_coefficients"],) * group["ns_steps"] if torch_ns else self.ns_schedule
             for idx in by_shape.values():
                 tall = [params[i].shape[0] > params[i].shape[1] for i in idx]
                 stack = torch.stack([updates[i].T if t else updates[i] for i, t in zip(idx, tall)])
                 ortho = _ns_batched(stack, schedule, group["eps"], self.ns_dtype,
-                                    norm_scale=1.01 if self.ns_schedule else 1.0)
+                                    norm_scale=1.0 if torch_ns else 1.01)
                 ortho = [o.T if t else o for o, t in zip(ortho.to(params[idx[0]].dtype).unbind(0), tall)]
                 # torch's "original" lr adjustment: sqrt(rows / cols) for a tall matrix
                 scales = [-lr * max(1.0, params[i].shape[0] / params[i].shape[1]) ** 0.5 for i in idx]
