@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-# kernels.cpp includes the other two (one translation unit); all three make the build's name.
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.cpp", "decode_step.cpp", "train_kernels.cpp"))
+# kernels.cpp includes the others (one translation unit); all of them make the build's name.
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("kernels.cpp", "decode_step.cpp", "train_kernels.cpp", "kernel_vectors.h"))
 NORM_CODES = {"none": 0, "layer": 1, "rms": 2}           # the norms the kernel knows, as it numbers them
 ACTIVATION_CODES = {"gelu": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
@@ -85,24 +86,25 @@ class Decoder:
                         *pair(m and m.c_fc), *pair(m and m.c_proj)]
         tensors += pair(tr.ln_f)
         # Views of the parameters, not copies: training in place is seen by the next step.
-        self.module, self.tensors = module, [none if t is None else t.detach() for t in tensors]
-        self.args = (cfg.n_layer, cfg.n_head, NORM_CODES[cfg.norm], cfg.residual, cfg.mlp,
-                     ACTIVATION_CODES[cfg.activation], NORM_EPS)
+        self.plan = module.DecodePlan([none if t is None else t.detach() for t in tensors], cfg.n_layer, cfg.n_head,
+                                      NORM_CODES[cfg.norm], cfg.residual, cfg.mlp, ACTIVATION_CODES[cfg.activation],
+                                      NORM_EPS)
 
     def step(self, token: int, cache) -> torch.Tensor:
-        logits = self.module.decode_step(token, cache.pos, self.tensors, cache.k, cache.v, *self.args)
+        logits = self.plan.step(token, cache.pos, cache.k, cache.v)
         cache.advance(1)
         return logits
 
 
 def decoder_for(model, cache, build: bool = False) -> Decoder | None:
-    """A Decoder for `model` and its `cache` when the kernel can run them: a GPT on the CPU in fp32,
-    in eval mode, batch 1, a norm it knows, the kernel built (or `build`). Else None: use the model."""
+    """A Decoder for `model` and its `cache` when the kernel can run them: a GPT on the CPU with fp32
+    or bf16 weights (the cache in the same dtype), in eval mode, batch 1, a norm it knows, the kernel
+    built (or `build`). Else None: use the model."""
     from .model import GPT
     if not isinstance(model, GPT) or cache is None or model.training or cache.k.size(1) != 1:
         return None
     cfg, p = model.config, model.transformer.wte.weight
-    if (p.device.type != "cpu" or p.dtype != torch.float32 or cache.k.dtype != torch.float32
+    if (p.device.type != "cpu" or p.dtype not in (torch.float32, torch.bfloat16) or cache.k.dtype != p.dtype
             or cfg.norm not in NORM_CODES or cfg.activation not in ACTIVATION_CODES or cfg.n_layer < 1):
         return None
     module = load(build)

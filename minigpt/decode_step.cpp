@@ -1,35 +1,201 @@
-// One cached decoding step of minigpt's GPT (batch 1, fp32, CPU) in a single call.
+// One cached decoding step of minigpt's GPT (batch 1, CPU, fp32 or bf16 weights) in a single call.
 //
 // Why: the eager step runs ~80 small torch ops (~1.6 ms of dispatch and Python on a 2-core CPU)
 // and torch's one-row matrix products stream the weights at about half the memory bandwidth. A
 // decoding step reads every weight once, so its floor is the weights' bytes over the bandwidth;
-// here each matrix-vector product is a plain loop over rows split among the OpenMP threads, and
-// everything else (norms, attention over the cache, the activation) is a few microseconds of
-// loops. Built on first use by minigpt/decode_kernel.py; the eager model is the reference it is
-// tested against (tests/test_decode_kernel.py).
+// here each matrix-vector product is a loop over rows split among the OpenMP threads, the
+// attention over the cache is split by heads, and the norms are a few microseconds of loops. The
+// whole step is one parallel region (a region's start costs more than the barriers between the
+// products, and a step has 25 of them). With bf16 weights (and caches) the step reads half the
+// bytes; its arithmetic stays fp32 (each weight widened as it is read), so it is the fp32 model
+// with rounded weights. Built on first use by minigpt/decode_kernel.py; the eager model is the
+// reference it is tested against (tests/test_decode_kernel.py).
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
+
+#include "kernel_vectors.h"
+
+// A model's weights for the decoding step, checked once: `w` holds, in order, wte, wpe (empty
+// without position embeddings), then per layer ln_1 weight, ln_1 bias, c_attn weight, c_attn bias,
+// attn c_proj weight, its bias, ln_2 weight, ln_2 bias, c_fc weight, its bias, mlp c_proj weight,
+// its bias (empty tensors for what the model has not), then ln_f weight and bias. It keeps the
+// tensors (views of the parameters, so training in place is seen) and their data pointers: a step
+// then costs no conversion of ~75 tensors from Python.
+struct DecodePlan {
+  std::vector<torch::Tensor> w;
+  std::vector<const void*> ptrs;
+  int64_t n_layer, n_head, norm, act, vocab, width;
+  bool residual, mlp;
+  double eps;
+  torch::ScalarType type;
+
+  DecodePlan(std::vector<torch::Tensor> weights, int64_t n_layer, int64_t n_head, int64_t norm, bool residual,
+             bool mlp, int64_t act, double eps);
+  // The logits (vocab) of `token` at position `pos`, writing its keys and values into the caches
+  // (n_layer, 1, n_head, block, head_size) at `pos`.
+  torch::Tensor step(int64_t token, int64_t pos, torch::Tensor kcache, torch::Tensor vcache) const;
+};
 
 namespace {
 
-const float* ptr(const torch::Tensor& t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
+using bf16 = c10::BFloat16;
 
-// y = W x (+ b): W is (out, in), row-major. Rows are shared among the threads.
-void gemv(const float* W, const float* x, const float* b, float* y, int64_t out, int64_t in) {
-#pragma omp parallel for schedule(static) if (out * in >= 32768)
-  for (int64_t j = 0; j < out; ++j) {
-    const float* row = W + j * in;
-    float s = 0.f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < in; ++i) s += row[i] * x[i];
-    y[j] = b ? s + b[j] : s;
+// A stored value as fp32: bf16 is the top half of an fp32, so widening is a shift (it vectorises).
+inline float f32(float v) { return v; }
+inline float f32(bf16 v) {
+  const uint32_t u = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline void store(float* p, float v) { *p = v; }
+inline void store(bf16* p, float v) { *p = bf16(v); }  // round to nearest even, as torch's casts
+
+typedef uint16_t vh __attribute__((vector_size(32)));  // 16 bf16
+typedef uint32_t vu __attribute__((vector_size(64)));
+
+// 16 stored values from p as fp32.
+inline vf widen(const float* p) { return vload(p); }
+inline vf widen(const bf16* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof h);
+  const vu u = __builtin_convertvector(h, vu) << 16;
+  vf f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// The dot product of n stored values with n floats: two vector sums, one tree at the end.
+template <typename T>
+inline float dot(const T* w, const float* x, int64_t n) {
+  vf s0{}, s1{};
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    s0 += widen(w + i) * vload(x + i);
+    s1 += widen(w + i + W) * vload(x + i + W);
+  }
+  for (; i + W <= n; i += W) s0 += widen(w + i) * vload(x + i);
+  float s = hsum(s0 + s1);
+  for (; i < n; ++i) s += f32(w[i]) * x[i];
+  return s;
+}
+
+// The same for bf16 weights, with x split into its even and odd elements (xe, xo: n / 2 each):
+// 32 bf16 loaded as 16 pairs give the odd ones by a mask and the even ones by a shift, two
+// instructions for 32 weights where widening 16 at a time takes ~6.
+inline float dot_pairs(const bf16* w, const float* xe, const float* xo, const float* x, int64_t n) {
+  vf s0{}, s1{};
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    vu u;
+    std::memcpy(&u, w + i, sizeof u);
+    const vu lo = u << 16, hi = u & 0xffff0000u;
+    vf e, o;
+    std::memcpy(&e, &lo, sizeof e);
+    std::memcpy(&o, &hi, sizeof o);
+    s0 += e * vload(xe + i / 2);
+    s1 += o * vload(xo + i / 2);
+  }
+  float s = hsum(s0 + s1);
+  for (; i < n; ++i) s += f32(w[i]) * x[i];
+  return s;
+}
+
+// e^x for 16 floats (Cephes' expf: x = n ln 2 + r, a degree-6 polynomial for e^r, 2^n put into
+// the exponent's bits), within ~2 float roundings; below -87 it is 0 or tiny, as here it is used.
+inline vf vexp(vf x) {
+  const vf lo = splat(-87.0f), hi = splat(88.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const vf z = x * splat(1.44269504088896341f);
+  typedef int32_t vi __attribute__((vector_size(64)));
+  const vi n = __builtin_convertvector(z + (z < splat(0.f) ? splat(-0.5f) : splat(0.5f)), vi);  // rounded
+  const vf nf = __builtin_convertvector(n, vf);
+  const vf r = x - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  const vi bits = (n + 127) << 23;  // 2^n
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// erf for 16 floats (Abramowitz & Stegun 7.1.26, as ATen's vectorised erf): within 1.5e-7.
+inline vf verf(vf x) {
+  typedef uint32_t vbits __attribute__((vector_size(64)));
+  vbits u, sign;
+  std::memcpy(&u, &x, sizeof u);
+  sign = u & 0x80000000u;
+  u &= 0x7fffffffu;
+  vf a;
+  std::memcpy(&a, &u, sizeof a);
+  const vf t = splat(1.0f) / (splat(1.0f) + splat(0.3275911f) * a);
+  vf r = splat(1.061405429f);
+  r = r * t + splat(-1.453152027f);
+  r = r * t + splat(1.421413741f);
+  r = r * t + splat(-0.284496736f);
+  r = r * t + splat(0.254829592f);
+  const vf e = splat(1.0f) - r * t * vexp(-a * a);
+  vbits eb;
+  std::memcpy(&eb, &e, sizeof eb);
+  eb |= sign;
+  vf out;
+  std::memcpy(&out, &eb, sizeof out);
+  return out;
+}
+
+// act: 0 GELU (exact, erf), 1 ReLU, 2 sigmoid, 3 tanh; 16 at a time.
+inline vf activate(vf v, int act) {
+  if (act == 0) return splat(0.5f) * v * (splat(1.0f) + verf(v * splat(0.70710678118654752f)));
+  if (act == 1) return v > splat(0.f) ? v : splat(0.f);
+  float f[W];
+  vstore(f, v);
+  for (int i = 0; i < W; ++i) f[i] = act == 2 ? 1.0f / (1.0f + std::exp(-f[i])) : std::tanh(f[i]);
+  return vload(f);
+}
+
+// y = act(M x + b) (act < 0: none; b may be null): M is (out, in), row-major. Called by every
+// thread of the step's team, which share the rows in blocks of 16 (and wait for each other at
+// the end); each block's activation is done on the 16 at once.
+template <typename T>
+void gemv(const T* M, const float* x, const T* b, float* y, int64_t out, int64_t in, int act = -1) {
+  const float *xe = nullptr, *xo = nullptr;
+  if constexpr (std::is_same_v<T, bf16>) {  // each thread its own even / odd split of x (for dot_pairs)
+    static thread_local std::vector<float> split;
+    split.resize(in + W);
+    for (int64_t i = 0; i < in / 2; ++i) split[i] = x[2 * i], split[in / 2 + i] = x[2 * i + 1];
+    xe = split.data(), xo = split.data() + in / 2;
+  }
+  const int64_t blocks = (out + W - 1) / W;
+#pragma omp for schedule(static)
+  for (int64_t k = 0; k < blocks; ++k) {
+    const int64_t j0 = k * W, n = std::min(W, out - j0);
+    float s[W] = {};
+    for (int64_t j = 0; j < n; ++j) {
+      const T* row = M + (j0 + j) * in;
+      if constexpr (std::is_same_v<T, bf16>) s[j] = dot_pairs(row, xe, xo, x, in);
+      else s[j] = dot(row, x, in);
+      s[j] += b ? f32(b[j0 + j]) : 0.f;
+    }
+    if (act >= 0) vstore(s, activate(vload(s), act));
+    std::copy(s, s + n, y + j0);
   }
 }
 
 // norm: 0 none, 1 LayerNorm, 2 RMSNorm (as torch.nn's, eps inside the square root).
-void normalise(const float* x, float* out, int64_t n, int norm, const float* w, const float* b, double eps) {
+template <typename T>
+void normalise(const float* x, float* out, int64_t n, int norm, const T* w, const T* b, double eps) {
   if (norm == 0) {
     std::copy(x, x + n, out);
     return;
@@ -41,85 +207,126 @@ void normalise(const float* x, float* out, int64_t n, int norm, const float* w, 
   const float inv = 1.0f / std::sqrt(static_cast<float>(sq / n + eps));
   for (int64_t i = 0; i < n; ++i) {
     float v = (x[i] - static_cast<float>(mean)) * inv;
-    out[i] = (w ? v * w[i] : v) + (b ? b[i] : 0.f);
+    out[i] = (w ? v * f32(w[i]) : v) + (b ? f32(b[i]) : 0.f);
   }
 }
 
-// act: 0 GELU (exact, erf), 1 ReLU, 2 sigmoid, 3 tanh.
-void activate(float* x, int64_t n, int act) {
-  for (int64_t i = 0; i < n; ++i) {
-    float v = x[i];
-    if (act == 0) x[i] = 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
-    else if (act == 1) x[i] = v > 0.f ? v : 0.f;
-    else if (act == 2) x[i] = 1.0f / (1.0f + std::exp(-v));
-    else x[i] = std::tanh(v);
+// One head of attention for the query q at position pos over the cache's (block, hs) keys K and
+// values V (this position's already written): out (hs), scores (block) its scratch.
+template <typename T>
+void attend(const float* q, const T* K, const T* V, int64_t pos, int64_t hs, float scale, float* scores, float* out) {
+  float top = -INFINITY;
+  for (int64_t t = 0; t <= pos; ++t) {  // the causal mask: positions up to this one
+    scores[t] = dot(K + t * hs, q, hs) * scale;
+    top = std::max(top, scores[t]);
   }
+  float total = 0.f;
+  for (int64_t t = 0; t <= pos; ++t) total += (scores[t] = std::exp(scores[t] - top));
+  for (int64_t t = 0; t <= pos; ++t) scores[t] /= total;
+  // 16 columns of the weighted sum at a time, kept in registers over the positions (adding
+  // into memory would make each position wait on the last one's store).
+  int64_t i = 0;
+  for (; i + W <= hs; i += W) {
+    vf s0{}, s1{};
+    int64_t t = 0;
+    for (; t + 1 <= pos; t += 2) {
+      s0 += splat(scores[t]) * widen(V + t * hs + i);
+      s1 += splat(scores[t + 1]) * widen(V + (t + 1) * hs + i);
+    }
+    if (t <= pos) s0 += splat(scores[t]) * widen(V + t * hs + i);
+    vstore(out + i, s0 + s1);
+  }
+  for (; i < hs; ++i) {
+    float s = 0.f;
+    for (int64_t t = 0; t <= pos; ++t) s += scores[t] * f32(V[t * hs + i]);
+    out[i] = s;
+  }
+}
+
+// The step for weights and caches of type T (float or bf16); see decode_step below.
+template <typename T>
+torch::Tensor step(const DecodePlan& plan, int64_t token, int64_t pos, torch::Tensor& kcache, torch::Tensor& vcache) {
+  const int64_t n_layer = plan.n_layer, n_head = plan.n_head, norm = plan.norm;
+  const bool residual = plan.residual, mlp = plan.mlp;
+  const double eps = plan.eps;
+  const int64_t V = plan.vocab, C = plan.width, hs = C / n_head, block = kcache.size(3), H = 4 * C;
+  auto P = [&](int64_t i) { return static_cast<const T*>(plan.ptrs[i]); };  // the i-th weight (null: none)
+  std::vector<float> x(C), a(C), qkv(3 * C), y(C), h(mlp ? H : 0), scores(n_head * block);
+  const T* wte = P(0);
+  const T* wpe = P(1);
+  for (int64_t i = 0; i < C; ++i) x[i] = f32(wte[token * C + i]) + (wpe ? f32(wpe[pos * C + i]) : 0.f);
+  T* K = kcache.data_ptr<T>();
+  T* Vc = vcache.data_ptr<T>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  auto logits = torch::empty({V}, kcache.options().dtype(torch::kFloat32));
+  float* out = logits.data_ptr<float>();
+  const int a_ = static_cast<int>(plan.act);
+  // Every thread runs this block; `omp single` parts run once while the others wait at its end.
+#pragma omp parallel if (C * C * n_layer >= 65536)
+  {
+    for (int64_t l = 0; l < n_layer; ++l) {
+      const int64_t p = 2 + 12 * l;  // this layer's first weight
+#pragma omp single
+      normalise(x.data(), a.data(), C, norm, P(p + 0), P(p + 1), eps);
+      gemv(P(p + 2), a.data(), P(p + 3), qkv.data(), 3 * C, C);
+#pragma omp for schedule(static)
+      for (int64_t head = 0; head < n_head; ++head) {
+        const int64_t base = ((l * n_head) + head) * block * hs;  // this layer's and head's (block, hs)
+        for (int64_t i = 0; i < hs; ++i) {  // this position's key and value, as the cache stores them
+          store(K + base + pos * hs + i, qkv[C + head * hs + i]);
+          store(Vc + base + pos * hs + i, qkv[2 * C + head * hs + i]);
+        }
+        attend(qkv.data() + head * hs, K + base, Vc + base, pos, hs, scale, scores.data() + head * block,
+               y.data() + head * hs);
+      }
+      gemv(P(p + 4), y.data(), P(p + 5), a.data(), C, C);
+#pragma omp single
+      {
+        for (int64_t i = 0; i < C; ++i) x[i] = residual ? x[i] + a[i] : a[i];
+        if (mlp) normalise(x.data(), a.data(), C, norm, P(p + 6), P(p + 7), eps);
+      }
+      if (mlp) {
+        gemv(P(p + 8), a.data(), P(p + 9), h.data(), H, C, a_);  // the activation of each row as it is done
+        gemv(P(p + 10), h.data(), P(p + 11), a.data(), C, H);
+#pragma omp single
+        for (int64_t i = 0; i < C; ++i) x[i] = residual ? x[i] + a[i] : a[i];
+      }
+    }
+    const int64_t f = 2 + 12 * n_layer;
+#pragma omp single
+    normalise(x.data(), a.data(), C, norm, P(f), P(f + 1), eps);
+    gemv(wte, a.data(), static_cast<const T*>(nullptr), out, V, C);  // the head is the tied embedding
+  }
+  return logits;
 }
 
 }  // namespace
 
-// The logits (vocab) of `token` at position `pos`, writing its keys and values into the caches
-// (n_layer, 1, n_head, block, head_size) at `pos`. `w` holds, in order: wte, wpe (empty without
-// position embeddings), then per layer ln_1 weight, ln_1 bias, c_attn weight, c_attn bias,
-// attn c_proj weight, its bias, ln_2 weight, ln_2 bias, c_fc weight, its bias, mlp c_proj weight,
-// its bias (empty tensors for what the model has not), then ln_f weight and bias.
-torch::Tensor decode_step(int64_t token, int64_t pos, const std::vector<torch::Tensor>& w, torch::Tensor kcache,
-                          torch::Tensor vcache, int64_t n_layer, int64_t n_head, int64_t norm, bool residual,
-                          bool mlp, int64_t act, double eps) {
-  const int64_t V = w[0].size(0), C = w[0].size(1), hs = C / n_head, block = kcache.size(3), H = 4 * C;
-  // Out of range would read or write past the tables and the caches: refuse instead.
-  TORCH_CHECK(token >= 0 && token < V, "token ", token, " is outside the vocabulary of ", V);
-  TORCH_CHECK(pos >= 0 && pos < block, "position ", pos, " is outside the context of ", block, " (the cache is full)");
-  TORCH_CHECK(kcache.is_contiguous() && vcache.is_contiguous() && kcache.size(0) == n_layer && kcache.size(1) == 1,
-              "the caches must be contiguous (n_layer, 1, n_head, block, head_size)");
-  std::vector<float> x(C), a(C), qkv(3 * C), y(C), h(mlp ? H : 0), scores(block);
-  const float* wte = ptr(w[0]);
-  const float* wpe = ptr(w[1]);
-  for (int64_t i = 0; i < C; ++i) x[i] = wte[token * C + i] + (wpe ? wpe[pos * C + i] : 0.f);
-  float* K = kcache.data_ptr<float>();
-  float* Vc = vcache.data_ptr<float>();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  for (int64_t l = 0; l < n_layer; ++l) {
-    const torch::Tensor* p = &w[2 + 12 * l];
-    normalise(x.data(), a.data(), C, norm, ptr(p[0]), ptr(p[1]), eps);
-    gemv(ptr(p[2]), a.data(), ptr(p[3]), qkv.data(), 3 * C, C);
-    for (int64_t head = 0; head < n_head; ++head) {
-      const int64_t base = ((l * n_head) + head) * block * hs;  // this layer's and head's (block, hs)
-      const float* q = qkv.data() + head * hs;
-      std::copy(qkv.data() + C + head * hs, qkv.data() + C + (head + 1) * hs, K + base + pos * hs);
-      std::copy(qkv.data() + 2 * C + head * hs, qkv.data() + 2 * C + (head + 1) * hs, Vc + base + pos * hs);
-      float top = -INFINITY;
-      for (int64_t t = 0; t <= pos; ++t) {  // the causal mask: positions up to this one
-        const float* k = K + base + t * hs;
-        float s = 0.f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < hs; ++i) s += q[i] * k[i];
-        scores[t] = s * scale;
-        top = std::max(top, scores[t]);
-      }
-      float total = 0.f;
-      for (int64_t t = 0; t <= pos; ++t) total += (scores[t] = std::exp(scores[t] - top));
-      float* out = y.data() + head * hs;
-      std::fill(out, out + hs, 0.f);
-      for (int64_t t = 0; t <= pos; ++t) {
-        const float* v = Vc + base + t * hs;
-        const float pt = scores[t] / total;
-        for (int64_t i = 0; i < hs; ++i) out[i] += pt * v[i];
-      }
-    }
-    gemv(ptr(p[4]), y.data(), ptr(p[5]), a.data(), C, C);
-    for (int64_t i = 0; i < C; ++i) x[i] = residual ? x[i] + a[i] : a[i];
-    if (mlp) {
-      normalise(x.data(), a.data(), C, norm, ptr(p[6]), ptr(p[7]), eps);
-      gemv(ptr(p[8]), a.data(), ptr(p[9]), h.data(), H, C);
-      activate(h.data(), H, static_cast<int>(act));
-      gemv(ptr(p[10]), h.data(), ptr(p[11]), a.data(), C, H);
-      for (int64_t i = 0; i < C; ++i) x[i] = residual ? x[i] + a[i] : a[i];
-    }
+DecodePlan::DecodePlan(std::vector<torch::Tensor> weights, int64_t n_layer_, int64_t n_head_, int64_t norm_,
+                       bool residual_, bool mlp_, int64_t act_, double eps_)
+    : w(std::move(weights)), n_layer(n_layer_), n_head(n_head_), norm(norm_), act(act_), residual(residual_),
+      mlp(mlp_), eps(eps_) {
+  TORCH_CHECK(n_layer >= 1 && n_head >= 1 && static_cast<int64_t>(w.size()) == 4 + 12 * n_layer,
+              "expected ", 4 + 12 * n_layer, " weights for ", n_layer, " layers, got ", w.size());
+  TORCH_CHECK(w[0].dim() == 2 && w[0].size(1) % n_head == 0, "wte must be (vocab, width), the width a multiple of the heads");
+  vocab = w[0].size(0), width = w[0].size(1), type = w[0].scalar_type();
+  TORCH_CHECK(type == torch::kFloat32 || type == torch::kBFloat16, "the weights must be float32 or bfloat16");
+  for (const auto& t : w) {
+    TORCH_CHECK(!t.numel() || (t.scalar_type() == type && t.is_contiguous() && t.device().is_cpu()),
+                "every weight must be on the CPU, contiguous, with one dtype");
+    ptrs.push_back(t.numel() ? t.data_ptr() : nullptr);
   }
-  const torch::Tensor* f = &w[2 + 12 * n_layer];
-  normalise(x.data(), a.data(), C, norm, ptr(f[0]), ptr(f[1]), eps);
-  auto logits = torch::empty({V}, w[0].options());
-  gemv(wte, a.data(), nullptr, logits.data_ptr<float>(), V, C);  // the head is the tied embedding
-  return logits;
+}
+
+torch::Tensor DecodePlan::step(int64_t token, int64_t pos, torch::Tensor kcache, torch::Tensor vcache) const {
+  const int64_t block = kcache.size(3);
+  // Out of range would read or write past the tables and the caches: refuse instead.
+  TORCH_CHECK(token >= 0 && token < vocab, "token ", token, " is outside the vocabulary of ", vocab);
+  TORCH_CHECK(pos >= 0 && pos < block, "position ", pos, " is outside the context of ", block, " (the cache is full)");
+  TORCH_CHECK(kcache.is_contiguous() && vcache.is_contiguous() && kcache.size(0) == n_layer && kcache.size(1) == 1 &&
+              kcache.size(2) == n_head && kcache.size(4) == width / n_head && vcache.sizes() == kcache.sizes(),
+              "the caches must be contiguous (n_layer, 1, n_head, block, head_size)");
+  TORCH_CHECK(kcache.scalar_type() == type && vcache.scalar_type() == type, "the caches must have the weights' dtype");
+  return type == torch::kBFloat16 ? ::step<bf16>(*this, token, pos, kcache, vcache)
+                                  : ::step<float>(*this, token, pos, kcache, vcache);
 }

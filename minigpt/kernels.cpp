@@ -6,7 +6,9 @@
 #include "train_kernels.cpp"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_step", &decode_step, "one cached decoding step of minigpt's GPT (batch 1, fp32, CPU)");
+  py::class_<DecodePlan>(m, "DecodePlan", "a model's weights for the decoding step (batch 1, CPU, fp32 or bf16)")
+      .def(py::init<std::vector<torch::Tensor>, int64_t, int64_t, int64_t, bool, bool, int64_t, double>())
+      .def("step", &DecodePlan::step, "the next-token logits of one token, its keys and values written into the caches");
   m.def("attention_forward", &attention_forward, "causal self-attention for training: (y, probs) from c_attn's output");
   m.def("attention_backward", &attention_backward, "the gradient of c_attn's output from (qkv, y, probs, dy)");
 }

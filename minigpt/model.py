@@ -50,10 +50,12 @@ class TokenBatchNorm(nn.BatchNorm1d):
 
 
 class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm in fp32, as CPU autocast runs LayerNorm (a bf16 input would take a slow unfused path)."""
+    """nn.RMSNorm in fp32, as CPU autocast runs LayerNorm (a bf16 input would take a slow unfused path);
+    the output in the input's dtype (a model in bf16 passes bf16 on)."""
 
     def forward(self, x):
-        return super().forward(x.float())
+        weight = self.weight.float() if self.weight is not None else None  # (a bf16 gain would take it too)
+        return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps).to(x.dtype)
 
 
 NORM_EPS = 1e-5  # LayerNorm's and RMSNorm's (the compiled decoding step reads it too)

@@ -19,15 +19,10 @@
 #include <limits>
 #include <vector>
 
+#include "kernel_vectors.h"
+
 namespace {
 
-// 16 floats: one AVX-512 register, two AVX ones, four NEON ones (GCC and Clang vector extensions).
-typedef float vf __attribute__((vector_size(64)));
-constexpr int64_t W = 16;
-
-inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
-inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }  // (0 + x would be an add)
 inline int64_t up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // C[r][0:16*NV] = sum over k in [k0, k1) of A(r, k) * B[k][0:16*NV], for the 4 rows r of a block,
