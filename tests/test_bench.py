@@ -33,6 +33,20 @@ def test_measure_reports_every_key(results):
     json.dumps(results)
 
 
+def test_bf16_decoding_is_measured_against_half_the_floor(results):
+    """bf16 weights read half the bytes: their step is reported against half the fp32 floor, on any
+    CPU where the kernel runs (it widens bf16 itself) or the CPU has native bf16 (the eager path)."""
+    from minigpt.device import cpu_has_native_bf16
+    expected = results["decode_path"] == "kernel" or cpu_has_native_bf16()
+    assert ("decode_step_ms_bf16" in results) == expected
+    if expected:
+        assert results["decode_floor_ms_bf16"] == pytest.approx(results["decode_floor_ms"] / 2, abs=1e-3)
+        # (the tiny model's floor rounds to nothing: compare through the unrounded speeds)
+        ratio = 2 * results["decode_vs_floor"] * results["gen_tokens_per_s_cache"] / results["gen_tokens_per_s_cache_bf16"]
+        assert results["decode_vs_floor_bf16"] == pytest.approx(ratio, rel=0.02)
+        assert "decode step vs its floor, bf16 weights" in bench.table(results, TINY)
+
+
 def test_table_has_a_row_per_measure(results):
     text = bench.table(results, TINY)
     assert "| measure | setting | result |" in text

@@ -49,6 +49,13 @@ def test_sample_eval_info(trained):
     assert info["config"]["n_layer"] == 1 and info["training"]["iters"] == 60 and info["params"] > 0
 
 
+def test_sample_with_bf16_weights(trained):
+    _, out, _ = trained
+    r = cli("sample", out, "--prompt", "First", "--tokens", 40, "--weights", "bfloat16")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("First") and len(r.stdout) >= 40 and "bf16 weights" in r.stderr
+
+
 def test_resume_continues_the_count(trained, tmp_path):
     text, out, _ = trained
     more = tmp_path / "more.safetensors"
