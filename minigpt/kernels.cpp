@@ -6,7 +6,7 @@
 #include "train_kernels.cpp"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  py::class_<DecodePlan>(m, "DecodePlan", "a model's weights for the decoding step (batch 1, CPU, fp32 or bf16)")
+  py::class_<DecodePlan>(m, "DecodePlan", py::module_local(), "a model's weights for the decoding step (batch 1, CPU, fp32 or bf16)")
       .def(py::init<std::vector<torch::Tensor>, int64_t, int64_t, int64_t, bool, bool, int64_t, double>())
       .def("step", &DecodePlan::step, "the next-token logits of one token, its keys and values written into the caches");
   m.def("attention_forward", &attention_forward, "causal self-attention for training: (y, probs) from c_attn's output");
