@@ -86,9 +86,10 @@ class Decoder:
                         *pair(m and m.c_fc), *pair(m and m.c_proj)]
         tensors += pair(tr.ln_f)
         # Views of the parameters, not copies: training in place is seen by the next step.
-        self.plan = module.DecodePlan([none if t is None else t.detach() for t in tensors], cfg.n_layer, cfg.n_head,
-                                      NORM_CODES[cfg.norm], cfg.residual, cfg.mlp, ACTIVATION_CODES[cfg.activation],
-                                      NORM_EPS)
+        self.plan_tensors = [none if t is None else t.detach() for t in tensors]
+        self.plan_args = (cfg.n_layer, cfg.n_head, NORM_CODES[cfg.norm], cfg.residual, cfg.mlp,
+                          ACTIVATION_CODES[cfg.activation], NORM_EPS)
+        self.plan = module.DecodePlan(self.plan_tensors, *self.plan_args)
 
     def step(self, token: int, cache) -> torch.Tensor:
         logits = self.plan.step(token, cache.pos, cache.k, cache.v)

@@ -30,7 +30,7 @@
 struct DecodePlan {
   std::vector<torch::Tensor> w;
   std::vector<const void*> ptrs;
-  int64_t n_layer, n_head, norm, act, vocab, width;
+  int64_t n_layer, n_head, norm, act, vocab, width, positions;  // positions: wpe's rows (0: none)
   bool residual, mlp;
   double eps;
   torch::ScalarType type;
@@ -243,7 +243,7 @@ void attend(const float* q, const T* K, const T* V, int64_t pos, int64_t hs, flo
   }
 }
 
-// The step for weights and caches of type T (float or bf16); see decode_step below.
+// The step for weights and caches of type T (float or bf16); see DecodePlan::step below.
 template <typename T>
 torch::Tensor step(const DecodePlan& plan, int64_t token, int64_t pos, torch::Tensor& kcache, torch::Tensor& vcache) {
   const int64_t n_layer = plan.n_layer, n_head = plan.n_head, norm = plan.norm;
@@ -311,11 +311,24 @@ DecodePlan::DecodePlan(std::vector<torch::Tensor> weights, int64_t n_layer_, int
   TORCH_CHECK(w[0].dim() == 2 && w[0].size(1) % n_head == 0, "wte must be (vocab, width), the width a multiple of the heads");
   vocab = w[0].size(0), width = w[0].size(1), type = w[0].scalar_type();
   TORCH_CHECK(type == torch::kFloat32 || type == torch::kBFloat16, "the weights must be float32 or bfloat16");
-  for (const auto& t : w) {
+  const int64_t C = width;
+  // Each weight's size (0: the model may lack it; required ones are checked below): a wrong one
+  // would be read past its end.
+  std::vector<int64_t> size{vocab * C, -1};
+  for (int64_t l = 0; l < n_layer; ++l)
+    size.insert(size.end(), {C, C, 3 * C * C, 3 * C, C * C, C, C, C, 4 * C * C, 4 * C, 4 * C * C, C});
+  size.insert(size.end(), {C, C});
+  for (size_t i = 0; i < w.size(); ++i) {
+    const auto& t = w[i];
     TORCH_CHECK(!t.numel() || (t.scalar_type() == type && t.is_contiguous() && t.device().is_cpu()),
                 "every weight must be on the CPU, contiguous, with one dtype");
+    const int64_t want = size[i], at = i < 2 ? -1 : (static_cast<int64_t>(i) - 2) % 12;
+    const bool required = at == 2 || at == 4 || (mlp && (at == 8 || at == 10));
+    TORCH_CHECK(want < 0 ? t.numel() % C == 0 : (t.numel() == want || (!required && !t.numel())),
+                "weight ", i, " has ", t.numel(), " elements, expected ", want);
     ptrs.push_back(t.numel() ? t.data_ptr() : nullptr);
   }
+  positions = w[1].numel() / C;
 }
 
 torch::Tensor DecodePlan::step(int64_t token, int64_t pos, torch::Tensor kcache, torch::Tensor vcache) const {
@@ -323,6 +336,7 @@ torch::Tensor DecodePlan::step(int64_t token, int64_t pos, torch::Tensor kcache,
   // Out of range would read or write past the tables and the caches: refuse instead.
   TORCH_CHECK(token >= 0 && token < vocab, "token ", token, " is outside the vocabulary of ", vocab);
   TORCH_CHECK(pos >= 0 && pos < block, "position ", pos, " is outside the context of ", block, " (the cache is full)");
+  TORCH_CHECK(!positions || pos < positions, "position ", pos, " has no position embedding (", positions, " rows)");
   TORCH_CHECK(kcache.is_contiguous() && vcache.is_contiguous() && kcache.size(0) == n_layer && kcache.size(1) == 1 &&
               kcache.size(2) == n_head && kcache.size(4) == width / n_head && vcache.sizes() == kcache.sizes(),
               "the caches must be contiguous (n_layer, 1, n_head, block, head_size)");

@@ -102,6 +102,22 @@ def test_out_of_range_is_refused_not_written(kernel):
     assert cache.pos == model.config.block_size and not cache.k.any()  # nothing written, nothing advanced
 
 
+def test_a_plan_with_a_wrong_weight_is_refused(kernel):
+    """The kernel trusts the sizes it is given; the plan checks them once, so a wrong list fails
+    with a message instead of reading past a tensor's end."""
+    model = _model()
+    good = decode_kernel.Decoder(kernel, model)
+    tensors = good.plan_tensors
+    args = good.plan_args
+    kernel.DecodePlan(tensors, *args)  # the list as the model gives it
+    short = list(tensors)
+    short[4] = torch.zeros(8, 64)  # c_attn's weight of layer 0, too small
+    with pytest.raises(RuntimeError, match="elements"):
+        kernel.DecodePlan(short, *args)
+    with pytest.raises(RuntimeError, match="weights for"):
+        kernel.DecodePlan(tensors[:-1], *args)
+
+
 def test_models_the_kernel_cannot_run_stay_on_the_eager_path(kernel):
     model = _model()
     assert decode_kernel.decoder_for(model, new_kv_cache(model)) is not None
