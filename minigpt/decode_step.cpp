@@ -46,16 +46,11 @@ namespace {
 
 using bf16 = c10::BFloat16;
 
-// A stored value as fp32: bf16 is the top half of an fp32, so widening is a shift (it vectorises).
+// A stored value as fp32 (bf16 is the top half of an fp32: a shift), and back.
 inline float f32(float v) { return v; }
-inline float f32(bf16 v) {
-  const uint32_t u = static_cast<uint32_t>(v.x) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+inline float f32(bf16 v) { return to_f32(v.x); }
 inline void store(float* p, float v) { *p = v; }
-inline void store(bf16* p, float v) { *p = bf16(v); }  // round to nearest even, as torch's casts
+inline void store(bf16* p, float v) { from_f32(v, p->x); }
 
 typedef uint16_t vh __attribute__((vector_size(32)));  // 16 bf16
 typedef uint32_t vu __attribute__((vector_size(64)));
@@ -107,8 +102,8 @@ inline float dot_pairs(const bf16* w, const float* xe, const float* xo, const fl
   return s;
 }
 
-// e^x for 16 floats (Cephes' expf: x = n ln 2 + r, a degree-6 polynomial for e^r, 2^n put into
-// the exponent's bits), within ~2 float roundings; below -87 it is 0 or tiny, as here it is used.
+// e^x for 16 floats (Cephes' expf: x = n ln 2 + r, exp_reduced for e^r, 2^n put into the
+// exponent's bits), within ~2 float roundings; below -87 it is 0 or tiny, as here it is used.
 inline vf vexp(vf x) {
   const vf lo = splat(-87.0f), hi = splat(88.0f);
   x = x < lo ? lo : x;
@@ -118,17 +113,10 @@ inline vf vexp(vf x) {
   const vi n = __builtin_convertvector(z + (z < splat(0.f) ? splat(-0.5f) : splat(0.5f)), vi);  // rounded
   const vf nf = __builtin_convertvector(n, vf);
   const vf r = x - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
   const vi bits = (n + 127) << 23;  // 2^n
   vf scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  return exp_reduced(r) * scale;
 }
 
 // erf for 16 floats (Abramowitz & Stegun 7.1.26, as ATen's vectorised erf): within 1.5e-7.

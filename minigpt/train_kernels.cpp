@@ -56,24 +56,17 @@ inline void rows4(const float* A, int64_t ars, int64_t aks, const float* B, int6
   if (j < n) micro<1>(a, ars, aks, B + j, ldb, c + j, ldc, k0, k1);
 }
 
-// exp(x) for x <= 0 (a softmax's shifted scores; 0 below -87): Cephes' expf polynomial, ~2 ulp,
-// written so that a loop of it vectorises (std::exp would not without -ffast-math).
+// exp(x) for x <= 0 (a softmax's shifted scores; 0 below -87): Cephes' expf, ~2 ulp, written so
+// that a loop of it vectorises (std::exp would not without -ffast-math).
 inline float exp_neg(float x) {
   const bool under = x < -87.0f;
   x = under ? -87.0f : x;
   const float n = std::nearbyint(x * 1.44269504088896341f);
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return under ? 0.f : p * scale;
+  return under ? 0.f : exp_reduced(r) * scale;
 }
 
 // Per-thread scratch for one (sequence, head): T and the head size padded to multiples of 16, every
@@ -94,23 +87,6 @@ struct Scratch {
     pf = at + Tp * Tp;
   }
 };
-
-// bf16 tensors are read and written as their bits (uint16_t): c10::BFloat16's own conversions keep
-// GCC from vectorising a loop (a bf16 elementwise loop ran 15x slower than the fp32 one).
-inline float to_f32(float v) { return v; }
-inline float to_f32(uint16_t v) {
-  const uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-inline void from_f32(float f, float& out) { out = f; }
-inline void from_f32(float f, uint16_t& out) {  // round to nearest even, as torch's cast; NaN stays NaN
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  u = f != f ? 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u);
-  out = static_cast<uint16_t>(u >> 16);
-}
 
 // f(float{}) or f(uint16_t{}) for an fp32 or bf16 tensor; data<T>(t) is its storage as T.
 template <typename F>
