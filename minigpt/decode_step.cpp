@@ -102,47 +102,6 @@ inline float dot_pairs(const bf16* w, const float* xe, const float* xo, const fl
   return s;
 }
 
-// e^x for 16 floats (Cephes' expf: x = n ln 2 + r, exp_reduced for e^r, 2^n put into the
-// exponent's bits), within ~2 float roundings; below -87 it is 0 or tiny, as here it is used.
-inline vf vexp(vf x) {
-  const vf lo = splat(-87.0f), hi = splat(88.0f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const vf z = x * splat(1.44269504088896341f);
-  typedef int32_t vi __attribute__((vector_size(64)));
-  const vi n = __builtin_convertvector(z + (z < splat(0.f) ? splat(-0.5f) : splat(0.5f)), vi);  // rounded
-  const vf nf = __builtin_convertvector(n, vf);
-  const vf r = x - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
-  const vi bits = (n + 127) << 23;  // 2^n
-  vf scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return exp_reduced(r) * scale;
-}
-
-// erf for 16 floats (Abramowitz & Stegun 7.1.26, as ATen's vectorised erf): within 1.5e-7.
-inline vf verf(vf x) {
-  typedef uint32_t vbits __attribute__((vector_size(64)));
-  vbits u, sign;
-  std::memcpy(&u, &x, sizeof u);
-  sign = u & 0x80000000u;
-  u &= 0x7fffffffu;
-  vf a;
-  std::memcpy(&a, &u, sizeof a);
-  const vf t = splat(1.0f) / (splat(1.0f) + splat(0.3275911f) * a);
-  vf r = splat(1.061405429f);
-  r = r * t + splat(-1.453152027f);
-  r = r * t + splat(1.421413741f);
-  r = r * t + splat(-0.284496736f);
-  r = r * t + splat(0.254829592f);
-  const vf e = splat(1.0f) - r * t * vexp(-a * a);
-  vbits eb;
-  std::memcpy(&eb, &e, sizeof eb);
-  eb |= sign;
-  vf out;
-  std::memcpy(&out, &eb, sizeof out);
-  return out;
-}
-
 // act: 0 GELU (exact, erf), 1 ReLU, 2 sigmoid, 3 tanh; 16 at a time.
 inline vf activate(vf v, int act) {
   if (act == 0) return splat(0.5f) * v * (splat(1.0f) + verf(v * splat(0.70710678118654752f)));

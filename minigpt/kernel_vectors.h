@@ -1,6 +1,6 @@
 // What both kernels compute with: a vector of 16 floats (one AVX-512 register, two AVX ones, four
 // NEON ones; GCC and Clang vector extensions, so the kernels compile on any CPU), bf16 bits to and
-// from fp32, and Cephes' exp polynomial.
+// from fp32, Cephes' exp polynomial, and exp and erf on 16 floats.
 #pragma once
 
 #include <cstdint>
@@ -17,16 +17,12 @@ inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; 
 inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }  // (0 + x would be an add)
 
-// The sum of the 16 lanes as a tree of halves (a loop's reduction adds them one after another).
+// The sum of the 16 lanes as a tree of halves (a loop's reduction adds them one after another), by
+// shuffles in registers (halves taken through memory cost a store and two loads).
 inline float hsum(vf v) {
-  vf8 lo, hi;
-  std::memcpy(&lo, &v, sizeof lo);
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-  const vf8 s8 = lo + hi;
-  vf4 l4, h4;
-  std::memcpy(&l4, &s8, sizeof l4);
-  std::memcpy(&h4, reinterpret_cast<const char*>(&s8) + sizeof l4, sizeof h4);
-  const vf4 s4 = l4 + h4;
+  const vf8 s8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vf4 s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
@@ -60,6 +56,53 @@ inline F exp_reduced(F r) {
   p = p * r + constant(r, 1.6666665459e-1f);
   p = p * r + constant(r, 5.0000001201e-1f);
   return p * r * r + r + constant(r, 1.0f);
+}
+
+// e^x for 16 floats (Cephes' expf: x = n ln 2 + r, exp_reduced for e^r, 2^n put into the
+// exponent's bits), within ~2 float roundings; below -87 it is 0 or tiny, as here it is used.
+inline vf vexp(vf x) {
+  const vf lo = splat(-87.0f), hi = splat(88.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const vf z = x * splat(1.44269504088896341f);
+  typedef int32_t vi __attribute__((vector_size(64)));
+  const vi n = __builtin_convertvector(z + (z < splat(0.f) ? splat(-0.5f) : splat(0.5f)), vi);  // rounded
+  const vf nf = __builtin_convertvector(n, vf);
+  const vf r = x - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
+  const vi bits = (n + 127) << 23;  // 2^n
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return exp_reduced(r) * scale;
+}
+
+// erf for 16 floats (Abramowitz & Stegun 7.1.26, as ATen's vectorised erf): within 1.5e-7. It
+// computes e^(-x²) on the way, which it leaves in `gauss` (GELU's derivative needs it too).
+inline vf verf(vf x, vf& gauss) {
+  typedef uint32_t vbits __attribute__((vector_size(64)));
+  vbits u, sign;
+  std::memcpy(&u, &x, sizeof u);
+  sign = u & 0x80000000u;
+  u &= 0x7fffffffu;
+  vf a;
+  std::memcpy(&a, &u, sizeof a);
+  const vf t = splat(1.0f) / (splat(1.0f) + splat(0.3275911f) * a);
+  vf r = splat(1.061405429f);
+  r = r * t + splat(-1.453152027f);
+  r = r * t + splat(1.421413741f);
+  r = r * t + splat(-0.284496736f);
+  r = r * t + splat(0.254829592f);
+  gauss = vexp(-a * a);
+  const vf e = splat(1.0f) - r * t * gauss;
+  vbits eb;
+  std::memcpy(&eb, &e, sizeof eb);
+  eb |= sign;
+  vf out;
+  std::memcpy(&out, &eb, sizeof out);
+  return out;
+}
+inline vf verf(vf x) {
+  vf gauss;
+  return verf(x, gauss);
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // minigpt's compiled kernels as one translation unit (built by minigpt/decode_kernel.py): the
-// decoding step (decode_step.cpp) and training's attention (train_kernels.cpp), and their Python
-// bindings. One unit, not three: each includes torch's headers, which are most of the compile time
+// decoding step (decode_step.cpp), training's attention, LayerNorm and GELU (train_kernels.cpp), and
+// their Python bindings. One unit, not three: each includes torch's headers, which are most of the compile time
 // (~29 s here, against ~48 s for three units on 2 cores).
 #include "decode_step.cpp"
 #include "train_kernels.cpp"
@@ -11,4 +11,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("step", &DecodePlan::step, "the next-token logits of one token, its keys and values written into the caches");
   m.def("attention_forward", &attention_forward, "causal self-attention for training: (y, probs) from c_attn's output");
   m.def("attention_backward", &attention_backward, "the gradient of c_attn's output from (qkv, y, probs, dy)");
+  m.def("layer_norm_forward", &layer_norm_forward, "LayerNorm for training: (y, mean, rstd), y in bf16 if asked");
+  m.def("layer_norm_backward", &layer_norm_backward, "LayerNorm's (dx, dweight, dbias)");
+  m.def("gelu_forward", &gelu_forward, "GELU for training: (gelu(u), its derivative)");
 }

@@ -61,10 +61,23 @@ class RMSNorm(nn.RMSNorm):
 NORM_EPS = 1e-5  # LayerNorm's and RMSNorm's (the compiled decoding step reads it too)
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters) that training on a CPU runs through the compiled kernel once it
+    is built: its output then comes in bf16 under autocast, as the Linear after it would cast it."""
+
+    use_kernel = True  # GPT.set_training_kernels turns it off
+
+    def forward(self, x):
+        kernel = train_kernels.norm_kernel_for(x, self.weight) if self.use_kernel else None
+        if kernel is None:
+            return super().forward(x)
+        return train_kernels.layer_norm(x, self.weight, self.bias, self.eps, kernel)
+
+
 def make_norm(cfg: GPTConfig) -> nn.Module:
     """The normalisation `cfg.norm` names, from torch.nn (the formulas by hand are in experiments.py)."""
     if cfg.norm == "layer":
-        return nn.LayerNorm(cfg.n_embd, eps=NORM_EPS, bias=cfg.bias)
+        return LayerNorm(cfg.n_embd, eps=NORM_EPS, bias=cfg.bias)
     if cfg.norm == "batch":
         return TokenBatchNorm(cfg.n_embd, cfg.bias)
     if cfg.norm == "rms":
@@ -236,9 +249,13 @@ class MLP(nn.Module):
         self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
         self.act = ACTIVATIONS[cfg.activation]
+        self.use_kernel = cfg.activation == "gelu"  # training on a CPU may take the compiled GELU
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        h = self.c_fc(x)
+        kernel = train_kernels.gelu_kernel_for(h) if self.use_kernel else None
+        h = train_kernels.gelu(h, kernel) if kernel is not None else self.act(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -302,9 +319,15 @@ class GPT(nn.Module):
             block.attn.explicit = on
 
     def set_training_kernels(self, on: bool = True):
-        """Let training on a CPU use the compiled attention when it is built (the default), or not."""
+        """Let training on a CPU use the compiled attention, LayerNorm and GELU when they are built (the
+        default), or not."""
         for block in self.transformer.h:
             block.attn.use_kernel = on
+            if block.mlp is not None:
+                block.mlp.use_kernel = on and self.config.activation == "gelu"
+        for m in self.modules():
+            if isinstance(m, LayerNorm):
+                m.use_kernel = on
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None, return_attn: bool = False,
                 last_only: bool = False):

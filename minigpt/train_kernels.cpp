@@ -1,4 +1,4 @@
-// Causal self-attention for training on a CPU, forward and backward, one call each per layer.
+// Causal self-attention, LayerNorm and GELU for training on a CPU, forward and backward.
 //
 // Why: the eager attention of a small GPT (context 64, heads of 32) is ~12 torch ops a layer
 // forward and ~20 backward: 64x64 batched products that run far below the CPU's peak, a softmax,
@@ -8,11 +8,15 @@
 // into a (B, T, 3C) tensor for c_attn's backward. The arithmetic is fp32 whatever the input dtype
 // (bf16 under autocast); the attention weights are kept for the backward in the input's dtype (in
 // bf16 they are half the memory traffic, which in a training step costs more than the arithmetic).
-// Built on request with the decoding kernel (minigpt/decode_kernel.py);
-// F.scaled_dot_product_attention is the reference it is tested against (tests/test_train_kernels.py).
+// LayerNorm and GELU (below the attention) are there for the same reason: ATen's take ~150 and
+// ~650 µs a call on this model where these take a fraction of it, and the norm writes its output in
+// bf16 under autocast (the next Linear's input) where ATen's writes fp32 for a cast to copy.
+// Built on request with the decoding kernel (minigpt/decode_kernel.py); F.scaled_dot_product_attention,
+// nn.LayerNorm and F.gelu are the references they are tested against (tests/test_train_kernels.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -20,6 +24,10 @@
 #include <vector>
 
 #include "kernel_vectors.h"
+
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -54,6 +62,34 @@ inline void rows4(const float* A, int64_t ars, int64_t aks, const float* B, int6
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) micro<2>(a, ars, aks, B + j, ldb, c + j, ldc, k0, k1);
   if (j < n) micro<1>(a, ars, aks, B + j, ldb, c + j, ldc, k0, k1);
+}
+
+// 16 values of an fp32 or bf16 array as fp32, and back (bf16: round to nearest even, NaN kept), in
+// vector instructions; one instruction for the rounding where the CPU has AVX512-BF16.
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+inline vf load16(const float* p) { return vload(p); }
+inline vf load16(const uint16_t* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof h);
+  const vu u = __builtin_convertvector(h, vu) << 16;
+  vf v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+inline void store16(float* p, vf v) { vstore(p, v); }
+inline void store16(uint16_t* p, vf v) {
+#ifdef __AVX512BF16__
+  __m512 f;
+  std::memcpy(&f, &v, sizeof f);
+  const __m256bh h = _mm512_cvtneps_pbh(f);
+#else
+  vu u;
+  std::memcpy(&u, &v, sizeof u);
+  u = v != v ? vu{} + 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u);
+  const vh h = __builtin_convertvector(u >> 16, vh);
+#endif
+  std::memcpy(p, &h, sizeof h);
 }
 
 // exp(x) for x <= 0 (a softmax's shifted scores; 0 below -87): Cephes' expf, ~2 ulp, written so
@@ -256,4 +292,215 @@ torch::Tensor attention_backward(torch::Tensor qkv, torch::Tensor y, torch::Tens
   return dqkv;
 }
 
+namespace {
 
+// ---- LayerNorm -------------------------------------------------------------------------------------
+
+// R rows of x (R x C, fp32) from `x`: y = (x - mean) rstd w (+ b) in out_t, mean and rstd kept. The R
+// rows go side by side: one row's sums are a chain of dependent adds, R of them overlap (4 rows
+// took 45 µs for the default model's 2048 rows where one at a time took 100).
+template <int R, typename out_t>
+void ln_forward_block(const float* x, const float* w, const float* b, out_t* y, float* mean, float* rstd,
+                      int64_t C, float eps) {
+  const int64_t Cv = C / W * W;
+  vf s[R], q[R];
+  float m[R], rs[R];
+  for (int r = 0; r < R; ++r) s[r] = q[r] = vf{};
+  for (int64_t j = 0; j < Cv; j += W)
+    for (int r = 0; r < R; ++r) s[r] += vload(x + r * C + j);
+  for (int r = 0; r < R; ++r) {
+    m[r] = hsum(s[r]);
+    for (int64_t j = Cv; j < C; ++j) m[r] += x[r * C + j];
+    m[r] /= static_cast<float>(C);
+  }
+  for (int64_t j = 0; j < Cv; j += W)
+    for (int r = 0; r < R; ++r) {
+      const vf d = vload(x + r * C + j) - splat(m[r]);
+      q[r] += d * d;
+    }
+  for (int r = 0; r < R; ++r) {
+    float var = hsum(q[r]);
+    for (int64_t j = Cv; j < C; ++j) var += (x[r * C + j] - m[r]) * (x[r * C + j] - m[r]);
+    rs[r] = 1.0f / std::sqrt(var / static_cast<float>(C) + eps);
+    mean[r] = m[r];
+    rstd[r] = rs[r];
+  }
+  for (int r = 0; r < R; ++r) {
+    const float* xr = x + r * C;
+    out_t* yr = y + r * C;
+    for (int64_t j = 0; j < Cv; j += W) {
+      vf v = (vload(xr + j) - splat(m[r])) * splat(rs[r]) * vload(w + j);
+      if (b) v += vload(b + j);
+      store16(yr + j, v);
+    }
+    for (int64_t j = Cv; j < C; ++j) from_f32((xr[j] - m[r]) * rs[r] * w[j] + (b ? b[j] : 0.f), yr[j]);
+  }
+}
+
+// R rows: dx = rstd (g - mean(g) - x̂ mean(g x̂)) with g = dy w and x̂ = (x - mean) rstd; the rows'
+// dy x̂ and dy added into dw and db (this chunk's own sums).
+template <int R, typename g_t>
+void ln_backward_block(const float* x, const float* w, const float* mean, const float* rstd, const g_t* dy,
+                       float* dx, float* dw, float* db, int64_t C) {
+  const int64_t Cv = C / W * W;
+  vf sg[R], sgx[R];
+  float a[R], c[R];
+  for (int r = 0; r < R; ++r) sg[r] = sgx[r] = vf{};
+  for (int64_t j = 0; j < Cv; j += W) {
+    const vf wv = vload(w + j);
+    vf dwv = vload(dw + j), dbv = vload(db + j);
+    for (int r = 0; r < R; ++r) {
+      const vf d = load16(dy + r * C + j), xh = (vload(x + r * C + j) - splat(mean[r])) * splat(rstd[r]), g = d * wv;
+      sg[r] += g;
+      sgx[r] += g * xh;
+      dwv += d * xh;
+      dbv += d;
+    }
+    vstore(dw + j, dwv);
+    vstore(db + j, dbv);
+  }
+  for (int r = 0; r < R; ++r) {
+    a[r] = hsum(sg[r]);
+    c[r] = hsum(sgx[r]);
+    for (int64_t j = Cv; j < C; ++j) {
+      const float d = to_f32(dy[r * C + j]), xh = (x[r * C + j] - mean[r]) * rstd[r], g = d * w[j];
+      a[r] += g;
+      c[r] += g * xh;
+      dw[j] += d * xh;
+      db[j] += d;
+    }
+    a[r] /= static_cast<float>(C);
+    c[r] /= static_cast<float>(C);
+  }
+  for (int r = 0; r < R; ++r) {
+    const float* xr = x + r * C;
+    const g_t* gr = dy + r * C;
+    float* dr = dx + r * C;
+    const float m = mean[r], rs = rstd[r];
+    for (int64_t j = 0; j < Cv; j += W) {
+      const vf xh = (vload(xr + j) - splat(m)) * splat(rs);
+      vstore(dr + j, splat(rs) * (load16(gr + j) * vload(w + j) - splat(a[r]) - xh * splat(c[r])));
+    }
+    for (int64_t j = Cv; j < C; ++j) dr[j] = rs * (to_f32(gr[j]) * w[j] - a[r] - (xr[j] - m) * rs * c[r]);
+  }
+}
+
+constexpr int LN_ROWS = 4;  // rows side by side (above)
+
+// Row chunks for the backward's per-chunk dw and db: a few per thread.
+inline int64_t ln_chunks(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(rows, 4 * at::get_num_threads())); }
+
+// ---- GELU -------------------------------------------------------------------------------------------
+
+// y = gelu(u) = u Φ(u) and its derivative d = Φ(u) + u φ(u) for elements [i0, i1), 16 at a time (the
+// last few through a padded copy). erf gives e^(-u²/2) on the way, so the derivative costs a few
+// multiplies: the backward is then dy · d, no erf or exp again.
+template <typename T>
+void gelu_range(const T* u, T* y, T* d, int64_t i0, int64_t i1) {
+  const vf half = splat(0.5f), one = splat(1.0f), rsqrt2 = splat(0.70710678118654752f),
+           rsqrt2pi = splat(0.39894228040143268f);
+  auto one16 = [&](vf x, vf& out, vf& der) {
+    vf gauss;
+    const vf cdf = half * (one + verf(x * rsqrt2, gauss));
+    out = x * cdf;
+    der = cdf + x * gauss * rsqrt2pi;
+  };
+  int64_t i = i0;
+  for (; i + W <= i1; i += W) {
+    vf out, der;
+    one16(load16(u + i), out, der);
+    store16(y + i, out);
+    store16(d + i, der);
+  }
+  if (i < i1) {
+    T in[W] = {}, o[W], g[W];
+    std::memcpy(in, u + i, (i1 - i) * sizeof(T));
+    vf out, der;
+    one16(load16(in), out, der);
+    store16(o, out);
+    store16(g, der);
+    std::memcpy(y + i, o, (i1 - i) * sizeof(T));
+    std::memcpy(d + i, g, (i1 - i) * sizeof(T));
+  }
+}
+
+void check_ln(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous() && x.scalar_type() == torch::kFloat,
+              "x must be a contiguous (rows, C) float32 CPU tensor");
+  TORCH_CHECK(w.scalar_type() == torch::kFloat && w.is_contiguous() && w.numel() == x.size(1), "weight must be (C,) float32");
+  TORCH_CHECK(b.numel() == 0 || (b.scalar_type() == torch::kFloat && b.is_contiguous() && b.numel() == x.size(1)),
+              "bias must be (C,) float32 or empty");
+}
+
+}  // namespace
+
+// (y in bf16 if `bf16_out` else fp32, mean, rstd) for LayerNorm over the last dim of x (rows, C) fp32;
+// `bias` empty for none.
+std::vector<torch::Tensor> layer_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, double eps,
+                                              bool bf16_out) {
+  check_ln(x, weight, bias);
+  const int64_t N = x.size(0), C = x.size(1);
+  auto y = torch::empty({N, C}, x.options().dtype(bf16_out ? torch::kBFloat16 : torch::kFloat));
+  auto mean = torch::empty({N}, x.options()), rstd = torch::empty({N}, x.options());
+  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  dispatch(y, [&](auto tag) {
+    using out_t = decltype(tag);
+    const float* in = x.data_ptr<float>();
+    const float* w = weight.data_ptr<float>();
+    out_t* out = data<out_t>(y);
+    float *mu = mean.data_ptr<float>(), *rs = rstd.data_ptr<float>();
+    const float e = static_cast<float>(eps);
+    at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
+      int64_t r = r0;
+      for (; r + LN_ROWS <= r1; r += LN_ROWS) ln_forward_block<LN_ROWS>(in + r * C, w, b, out + r * C, mu + r, rs + r, C, e);
+      for (; r < r1; ++r) ln_forward_block<1>(in + r * C, w, b, out + r * C, mu + r, rs + r, C, e);
+    });
+  });
+  return {y, mean, rstd};
+}
+
+// (dx fp32, dweight, dbias) of LayerNorm from the forward's x, weight, mean and rstd and dy (fp32 or bf16).
+std::vector<torch::Tensor> layer_norm_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor mean,
+                                               torch::Tensor rstd, torch::Tensor dy) {
+  check_ln(x, weight, torch::empty({0}));
+  const int64_t N = x.size(0), C = x.size(1);
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.is_contiguous() &&
+              (dy.scalar_type() == torch::kFloat || dy.scalar_type() == torch::kBFloat16), "dy must be x's shape, float32 or bfloat16");
+  TORCH_CHECK(mean.numel() == N && rstd.numel() == N, "mean and rstd must have a value per row");
+  auto dx = torch::empty({N, C}, x.options());
+  const int64_t chunks = ln_chunks(N);
+  auto parts = torch::zeros({2, chunks, C}, x.options());  // each chunk's dw and db, summed below
+  dispatch(dy, [&](auto tag) {
+    using g_t = decltype(tag);
+    const float *in = x.data_ptr<float>(), *w = weight.data_ptr<float>();
+    const float *mu = mean.data_ptr<float>(), *rs = rstd.data_ptr<float>();
+    const g_t* g = data<g_t>(dy);
+    float *out = dx.data_ptr<float>(), *sums = parts.data_ptr<float>();
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        float *dw = sums + c * C, *db = sums + (chunks + c) * C;
+        int64_t r = c * N / chunks;
+        const int64_t end = (c + 1) * N / chunks;
+        for (; r + LN_ROWS <= end; r += LN_ROWS)
+          ln_backward_block<LN_ROWS>(in + r * C, w, mu + r, rs + r, g + r * C, out + r * C, dw, db, C);
+        for (; r < end; ++r) ln_backward_block<1>(in + r * C, w, mu + r, rs + r, g + r * C, out + r * C, dw, db, C);
+      }
+    });
+  });
+  auto sums = parts.sum(1);
+  return {dx, sums[0], sums[1]};
+}
+
+// (gelu(u), its derivative at u) for a contiguous fp32 or bf16 u, both in u's dtype.
+std::vector<torch::Tensor> gelu_forward(torch::Tensor u) {
+  TORCH_CHECK(u.device().is_cpu() && u.is_contiguous() &&
+              (u.scalar_type() == torch::kFloat || u.scalar_type() == torch::kBFloat16), "u must be a contiguous float32 or bfloat16 CPU tensor");
+  auto y = torch::empty_like(u), d = torch::empty_like(u);
+  dispatch(u, [&](auto tag) {
+    using T = decltype(tag);
+    at::parallel_for(0, u.numel(), 1 << 14, [&](int64_t i0, int64_t i1) {
+      gelu_range(data<T>(u), data<T>(y), data<T>(d), i0, i1);
+    });
+  });
+  return {y, d};
+}

@@ -1,4 +1,5 @@
-"""Causal self-attention for training on a CPU through the compiled kernel (train_kernels.cpp).
+"""Causal self-attention, LayerNorm and GELU for training on a CPU through the compiled kernels
+(train_kernels.cpp).
 
 `attention(qkv, n_head)` takes c_attn's output (B, T, 3C) and returns the heads' outputs (B, T, C),
 the same as splitting q, k, v into heads and calling `F.scaled_dot_product_attention(q, k, v,
@@ -6,6 +7,12 @@ is_causal=True)`, forward and backward (fp32 arithmetic inside, in and out in qk
 under autocast). It replaces ~12 torch ops forward and ~20 backward a layer by one call each, and
 skips the masked half of the scores; the model takes it while training on a CPU once the kernels
 are built (`python -m minigpt kernel`), with no attention dropout.
+
+`layer_norm(x, weight, bias, eps, out_dtype, module)` is nn.LayerNorm's forward and backward for an
+fp32 x, its output written in `out_dtype`: bf16 under autocast, which is what the next Linear takes
+(ATen's writes fp32, then autocast copies it to bf16, and back again for the gradient).
+`gelu(u, module)` is F.gelu, its derivative computed with it (one erf, whose exp gives the derivative
+too) and kept, so the backward is a product instead of erf and exp again.
 """
 
 from __future__ import annotations
@@ -37,6 +44,37 @@ def reference_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     return y.transpose(1, 2).reshape(B, T, C3 // 3)
 
 
+class _LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, bf16_out, module):
+        y, mean, rstd = module.layer_norm_forward(x, weight, bias if bias is not None else _NONE, eps, bf16_out)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.module, ctx.has_bias = module, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = ctx.module.layer_norm_backward(x, weight, mean, rstd, dy.contiguous())
+        return dx, dw, db if ctx.has_bias else None, None, None, None
+
+
+class _Gelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, module):
+        y, slope = module.gelu_forward(u)
+        ctx.save_for_backward(slope)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (slope,) = ctx.saved_tensors
+        return dy * slope, None
+
+
+_NONE = torch.empty(0)  # "no bias" to the kernel
+
+
 def kernel_for(qkv: torch.Tensor, dropout: float):
     """The compiled module when it should run this attention: training (gradients on), on a CPU, fp32
     or bf16, no dropout, built. Else None (inference keeps SDPA, which is fast without gradients)."""
@@ -44,6 +82,36 @@ def kernel_for(qkv: torch.Tensor, dropout: float):
             or dropout > 0):
         return None
     return decode_kernel.load()
+
+
+def _training_on_cpu(x: torch.Tensor, dtypes: tuple) -> bool:
+    return torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in dtypes
+
+
+def norm_kernel_for(x: torch.Tensor, weight: torch.Tensor | None):
+    """The compiled module when it should run this LayerNorm: training on a CPU, fp32 input and gain
+    (the residual stream's dtype, under autocast too), built. Else None."""
+    if weight is None or weight.dtype != torch.float32 or not _training_on_cpu(x, (torch.float32,)):
+        return None
+    return decode_kernel.load()
+
+
+def gelu_kernel_for(u: torch.Tensor):
+    """The compiled module when it should run this GELU: training on a CPU, fp32 or bf16, built. Else None."""
+    return decode_kernel.load() if _training_on_cpu(u, (torch.float32, torch.bfloat16)) else None
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, module) -> torch.Tensor:
+    """nn.LayerNorm over x's last dim through the compiled `module`: in bf16 under CPU bf16 autocast
+    (what the Linear after it would cast it to), else in x's dtype (fp32)."""
+    bf16_out = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    flat = x.reshape(-1, x.size(-1)).contiguous()
+    return _LayerNorm.apply(flat, weight, bias, eps, bf16_out, module).view(x.shape)
+
+
+def gelu(u: torch.Tensor, module) -> torch.Tensor:
+    """F.gelu(u) (exact, erf) through the compiled `module`, in u's dtype."""
+    return _Gelu.apply(u.contiguous(), module)
 
 
 def used_by(model) -> bool:

@@ -1,7 +1,9 @@
-"""The compiled training attention against F.scaled_dot_product_attention and the eager model."""
+"""The compiled training attention, LayerNorm and GELU against F.scaled_dot_product_attention,
+nn.LayerNorm, F.gelu and the eager model."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minigpt import decode_kernel, train_kernels
 from minigpt.model import GPTConfig, build_model
@@ -64,6 +66,62 @@ def test_the_kernel_is_softmax_safe_for_large_scores(kernel):
     assert torch.allclose(y.double(), want_y, atol=1e-5) and torch.allclose(g.double(), want_g, atol=1e-3)
 
 
+def _norm_grads(fn, x, w, b, dy):
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    b = b.clone().requires_grad_() if b is not None else None
+    y = fn(x, w, b)
+    y.backward(dy.to(y.dtype))
+    return [y.detach(), x.grad, w.grad] + ([b.grad] if b is not None else [])
+
+
+@pytest.mark.parametrize("C,bias", [(128, False), (37, True), (384, True)])  # the default width, a ragged one, a wide one
+def test_layer_norm_equals_nn_layernorm_forward_and_backward(kernel, C, bias):
+    gen = torch.Generator().manual_seed(C)
+    x = torch.randn(203, C, generator=gen, dtype=torch.float64) * 3 + 1  # rows not a multiple of the 4 done together
+    w = torch.randn(C, generator=gen, dtype=torch.float64)
+    b = torch.randn(C, generator=gen, dtype=torch.float64) if bias else None
+    dy = torch.randn(203, C, generator=gen, dtype=torch.float64)
+    want = _norm_grads(lambda x, w, b: F.layer_norm(x, (C,), w, b, 1e-5), x, w, b, dy)
+    got = _norm_grads(lambda x, w, b: train_kernels.layer_norm(x, w, b, 1e-5, kernel), x.float(), w.float(),
+                      None if b is None else b.float(), dy.float())
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
+    for g, r, tol in zip(got, want, (3e-6, 2e-6, 5e-5, 5e-5)):  # (dw and db sum 203 rows)
+        assert torch.allclose(g.double(), r, atol=tol, rtol=0)
+
+
+def test_layer_norm_under_autocast_writes_bf16_as_autocast_would_cast_it(kernel):
+    """Under CPU bf16 autocast the output is nn.LayerNorm's fp32 output rounded once to bf16 (what the
+    next Linear would cast it to), and the gradients are fp32, as the residual stream's."""
+    gen = torch.Generator().manual_seed(0)
+    x, w, dy = torch.randn(64, 128, generator=gen), torch.randn(128, generator=gen), torch.randn(64, 128, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, dx, dw = _norm_grads(lambda x, w, b: train_kernels.layer_norm(x, w, b, 1e-5, kernel), x, w, None, dy)
+    assert y.dtype == torch.bfloat16 and dx.dtype == dw.dtype == torch.float32
+    ref = F.layer_norm(x, (128,), w, None, 1e-5)
+    assert (y.float() - ref).abs().max() <= 2 ** -8 * ref.abs().max()  # one rounding
+    _, want_dx, want_dw = _norm_grads(lambda x, w, b: F.layer_norm(x, (128,), w, b, 1e-5), x, w, None,
+                                      dy.bfloat16().float())  # the bf16 gradient it was given
+    assert torch.allclose(dx, want_dx, atol=1e-5) and torch.allclose(dw, want_dw, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2 ** -7)])
+def test_gelu_equals_f_gelu_forward_and_backward(kernel, dtype, tol):
+    """F.gelu (exact, erf) and its gradient, in fp32 and bf16, with values past erf's saturation and
+    a length no multiple of 16."""
+    gen = torch.Generator().manual_seed(1)
+    u = torch.cat([torch.randn(1000, generator=gen) * 3, torch.tensor([-30.0, -9.0, 0.0, 9.0, 30.0])]).to(dtype)
+    dy = torch.randn(u.shape, generator=gen).to(dtype)
+    x = u.clone().requires_grad_()
+    y = train_kernels.gelu(x, kernel)
+    y.backward(dy)
+    ref = u.double().requires_grad_()
+    want = F.gelu(ref)
+    want.backward(dy.double())
+    assert y.dtype == x.grad.dtype == dtype
+    assert ((y.double() - want).abs() <= tol * (1 + want.abs())).all()
+    assert ((x.grad.double() - ref.grad).abs() <= 2 * tol * (1 + ref.grad.abs())).all()
+
+
 def _model(seed=0, **kw):
     torch.manual_seed(seed)
     return build_model(GPTConfig(**{**dict(vocab_size=40, block_size=20, n_layer=2, n_head=4, n_embd=32), **kw}))
@@ -92,20 +150,28 @@ def test_a_training_step_through_the_kernel_equals_the_eager_model(kernel):
 
 
 def test_the_kernel_is_used_only_where_it_computes_the_same(kernel, monkeypatch):
-    """Training with no dropout on the CPU takes it; attention dropout, the explicit (teaching) path,
-    evaluation without gradients and a missing build keep the eager attention."""
+    """Training with no dropout on the CPU takes it (and the LayerNorm and GELU kernels); attention
+    dropout, the explicit (teaching) path, evaluation without gradients, set_training_kernels(False)
+    and a missing build keep the eager attention; other norms and activations stay torch's."""
     calls = []
-    real = train_kernels.attention
-    monkeypatch.setattr(train_kernels, "attention", lambda *a: calls.append(1) or real(*a))
+    for name in ("attention", "layer_norm", "gelu"):
+        real = getattr(train_kernels, name)
+        monkeypatch.setattr(train_kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     x = torch.randint(0, 40, (2, 20))
 
     def uses(model, grad=True):
         calls.clear()
         with torch.set_grad_enabled(grad):
             model(x, x)
-        return bool(calls)
+        return calls.count("attention") > 0
 
     assert uses(_model().train())
+    assert {"attention", "layer_norm", "gelu"} <= set(calls)  # each of the block's kernels
+    assert uses(_model(norm="rms", activation="relu").train()) and set(calls) == {"attention"}
+    assert not uses(_model().eval(), grad=False) and not calls
+    off = _model().train()
+    off.set_training_kernels(False)
+    assert not uses(off) and not calls
     assert not uses(_model(dropout=0.1).train()) and not train_kernels.used_by(_model(dropout=0.1))
     assert uses(_model(dropout=0.1).eval())  # dropout is off in eval mode: with gradients it may
     assert not uses(_model().eval(), grad=False)
@@ -113,7 +179,7 @@ def test_the_kernel_is_used_only_where_it_computes_the_same(kernel, monkeypatch)
     explicit.set_explicit_attention()
     assert not uses(explicit) and not train_kernels.used_by(explicit)
     monkeypatch.setenv("MINIGPT_KERNEL_DIR", "/nonexistent/minigpt-kernels")
-    assert not uses(_model().train()) and not train_kernels.used_by(_model())
+    assert not uses(_model().train()) and not calls and not train_kernels.used_by(_model())
 
 
 def test_training_with_the_kernel_learns_like_the_eager_model(kernel):
