@@ -1,7 +1,7 @@
 // minigpt's compiled kernels as one translation unit (built by minigpt/decode_kernel.py): the
 // decoding step (decode_step.cpp), training's attention, LayerNorm and GELU (train_kernels.cpp), and
-// their Python bindings. One unit, not three: each includes torch's headers, which are most of the compile time
-// (~29 s here, against ~48 s for three units on 2 cores).
+// their Python bindings. One unit, not three: each includes torch's headers, which are most of the
+// compile time (~29 s here, against ~48 s for three units on 2 cores).
 #include "decode_step.cpp"
 #include "train_kernels.cpp"
 
