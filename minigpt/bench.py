@@ -6,7 +6,7 @@
 
 It builds minigpt's compiled kernels first on a CPU (~30 s once; minigpt/decode_kernel.py), then
 measures training tokens/s of the trainer itself (`train()`, fp32 and the fast path: bf16 autocast
-where the CPU has it; the fast path also with the eager attention, to show the kernel's share) for
+where the CPU has it; the fast path also without the compiled kernels, to show their share) for
 the 4-layer, 128-wide, context-64 model at the default batch; generation tokens/s with and without
 the KV cache (6 layers, 384 wide, context 256, random weights: speed does not depend on them), the
 cached steps through the compiled decoding step and on the eager model, next to the
@@ -257,7 +257,7 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
     log(f"training speed, {sizes.train_rounds} rounds of fp32 and {fast}"
         + (" and nanoGPT's CPU recipe" if baseline else "") + " ...")
     kinds = {"float32": ("float32", True), fast: (fast, True)}
-    if out["train_attention"] == "kernel":  # and the eager attention, to show what the kernel gives
+    if out["train_attention"] == "kernel":  # and without the kernels, to show what they give
         kinds["eager"] = (fast, False)
     speeds: dict[str, list[float]] = {k: [] for k in kinds}
     recipe: list[float] = []
@@ -338,7 +338,7 @@ def table(r: dict, sizes: Sizes = FULL) -> str:
             (f"training, fast path ({r['dtype']}, attention {attention})", shape,
              _num(r["train_tokens_per_s"], " tok/s") + f" ({r['train_tokens_per_s'] / r['train_tokens_per_s_fp32']:.1f}× fp32)")]
     if "train_tokens_per_s_eager_attention" in r:
-        rows.append((f"training, fast path ({r['dtype']}, attention eager)", shape,
+        rows.append((f"training, fast path ({r['dtype']}, no compiled kernels)", shape,
                      _num(r["train_tokens_per_s_eager_attention"], " tok/s")))
     if "baseline_tokens_per_s" in r:
         speedup = r.get("train_speedup_vs_baseline")

@@ -127,24 +127,33 @@ def self_check(module, seed: int = 0) -> float:
     return worst
 
 
-def attention_check(module, seed: int = 0) -> float:
-    """Largest difference between the training attention kernel and F.scaled_dot_product_attention,
-    output and gradient, on random fp32 input (T and the head size no multiples of 16)."""
-    from .train_kernels import attention, reference_attention
+def training_check(module, seed: int = 0) -> float:
+    """Largest difference between the training kernels and their references (attention and
+    F.scaled_dot_product_attention, LayerNorm and F.layer_norm, GELU and F.gelu), output and
+    gradient, on random fp32 input (sizes no multiples of 16)."""
+    import torch.nn.functional as F
+    from .train_kernels import attention, gelu, layer_norm, reference_attention
     gen = torch.Generator().manual_seed(seed)
-    qkv = torch.randn(2, 21, 3 * 36, generator=gen, requires_grad=True)
-    dy = torch.randn(2, 21, 36, generator=gen)
-    (y1, g1), (y2, g2) = [(y.detach(), *torch.autograd.grad(y, qkv, dy))
-                          for y in (attention(qkv, 3, module), reference_attention(qkv, 3))]
-    return max((y1 - y2).abs().max().item(), (g1 - g2).abs().max().item())
+    w, b = torch.randn(36, generator=gen), torch.randn(36, generator=gen)
+    pairs = [(torch.randn(2, 21, 3 * 36, generator=gen), lambda x: attention(x, 3, module),
+              lambda x: reference_attention(x, 3)),
+             (torch.randn(2, 21, 36, generator=gen), lambda x: layer_norm(x, w, b, 1e-5, module),
+              lambda x: F.layer_norm(x, (36,), w, b, 1e-5)),
+             (3 * torch.randn(2, 21, 36, generator=gen), lambda x: gelu(x, module), F.gelu)]
+    worst = 0.0
+    for x, fast, ref in pairs:
+        x.requires_grad_()
+        (y1, g1), (y2, g2) = [(y.detach(), *torch.autograd.grad(y, x, torch.ones_like(y))) for y in (fast(x), ref(x))]
+        worst = max(worst, (y1 - y2).abs().max().item(), (g1 - g2).abs().max().item())
+    return worst
 
 
 def register(subparsers):
     p = subparsers.add_parser("kernel", help="build the compiled kernels (~30 s once; needs a C++ compiler)",
-                              description="Compile minigpt's kernels (a decoding step and training's attention) with "
-                                          "this machine's C++ compiler and check them against the eager model. From "
-                                          "then on generation (a GPT on the CPU in fp32) and training on the CPU use "
-                                          "them. Example: python -m minigpt kernel")
+                              description="Compile minigpt's kernels (a decoding step; training's attention, "
+                                          "LayerNorm and GELU) with this machine's C++ compiler and check them against "
+                                          "the eager model. From then on generation (a GPT on the CPU in fp32 or bf16) "
+                                          "and training on the CPU use them. Example: python -m minigpt kernel")
     p.set_defaults(func=_run)
 
 
@@ -158,13 +167,13 @@ def _run(args) -> int:
     except RuntimeError as e:  # the compiler's words; generation and training stay on the eager model
         print(f"error: {e}", file=sys.stderr)
         return 1
-    worst, attn = self_check(module), attention_check(module)
+    worst, attn = self_check(module), training_check(module)
     verb = "already built" if was_built else f"built in {time.perf_counter() - t0:.1f} s"
     print(f"kernels {verb}: {_build_dir()}")
     if worst > 1e-4 or attn > 1e-4:
         print(f"error: the kernels differ from the eager model: decoding logits by {worst:.2g}, "
-              f"attention by {attn:.2g}", flush=True)
+              f"training kernels by {attn:.2g}", flush=True)
         return 1
-    print(f"checked against the eager model: decoding logits within {worst:.2g}, training attention "
-          f"(output and gradient) within {attn:.2g}")
+    print(f"checked against the eager model: decoding logits within {worst:.2g}, training attention, LayerNorm "
+          f"and GELU (output and gradient) within {attn:.2g}")
     return 0
