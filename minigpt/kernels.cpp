@@ -11,7 +11,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("step", &DecodePlan::step, "the next-token logits of one token, its keys and values written into the caches");
   m.def("attention_forward", &attention_forward, "causal self-attention for training: (y, probs) from c_attn's output");
   m.def("attention_backward", &attention_backward, "the gradient of c_attn's output from (qkv, y, probs, dy)");
-  m.def("layer_norm_forward", &layer_norm_forward, "LayerNorm for training: (y, mean, rstd), y in bf16 if asked");
-  m.def("layer_norm_backward", &layer_norm_backward, "LayerNorm's (dx, dweight, dbias)");
+  m.def("layer_norm_forward", &layer_norm_forward, "LayerNorm for training, after a residual add if given: (y, mean, rstd, sum)");
+  m.def("layer_norm_backward", &layer_norm_backward, "LayerNorm's (dx, dweight, dbias, dx in bf16), the residual's gradient added");
   m.def("gelu_forward", &gelu_forward, "GELU for training: (gelu(u), its derivative)");
 }

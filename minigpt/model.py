@@ -73,6 +73,14 @@ class LayerNorm(nn.LayerNorm):
             return super().forward(x)
         return train_kernels.layer_norm(x, self.weight, self.bias, self.eps, kernel)
 
+    def after_residual(self, x, a):
+        """(x + a, this norm of it): one kernel while training on a CPU (see forward), else torch's."""
+        kernel = train_kernels.norm_kernel_for(x, self.weight) if self.use_kernel else None
+        if kernel is None or a.shape != x.shape or a.dtype not in (torch.float32, torch.bfloat16):
+            x = x + a
+            return x, self(x)
+        return train_kernels.add_layer_norm(x, a, self.weight, self.bias, self.eps, kernel)
+
 
 def make_norm(cfg: GPTConfig) -> nn.Module:
     """The normalisation `cfg.norm` names, from torch.nn (the formulas by hand are in experiments.py)."""
@@ -273,10 +281,15 @@ class Block(nn.Module):
     def forward(self, x, kv_cache=None, return_attn=False, last_only=False):
         a, att = self.attn(self.ln_1(x), kv_cache, return_attn, last_only)  # pre-norm: normalise, then add
         x = x[:, -1:] if last_only else x  # (B, 1, C): the other positions are needed no further
-        x = x + a if self.residual else a
-        if self.mlp is not None:
-            m = self.mlp(self.ln_2(x))
-            x = x + m if self.residual else m
+        if self.mlp is None:
+            return (x + a if self.residual else a), att
+        if self.residual and isinstance(self.ln_2, LayerNorm):
+            x, h = self.ln_2.after_residual(x, a)  # the add and the norm in one kernel while training
+        else:
+            x = x + a if self.residual else a
+            h = self.ln_2(x)
+        m = self.mlp(h)
+        x = x + m if self.residual else m
         return x, att
 
 

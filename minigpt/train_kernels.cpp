@@ -337,11 +337,12 @@ void ln_forward_block(const float* x, const float* w, const float* b, out_t* y, 
   }
 }
 
-// R rows: dx = rstd (g - mean(g) - x̂ mean(g x̂)) with g = dy w and x̂ = (x - mean) rstd; the rows'
-// dy x̂ and dy added into dw and db (this chunk's own sums).
+// R rows: dx = rstd (g - mean(g) - x̂ mean(g x̂)) with g = dy w and x̂ = (x - mean) rstd, plus `dres`
+// (the residual stream's own gradient; may be null), also written in bf16 to `dx16` (may be null);
+// the rows' dy x̂ and dy added into dw and db (this chunk's own sums).
 template <int R, typename g_t>
 void ln_backward_block(const float* x, const float* w, const float* mean, const float* rstd, const g_t* dy,
-                       float* dx, float* dw, float* db, int64_t C) {
+                       const float* dres, float* dx, uint16_t* dx16, float* dw, float* db, int64_t C) {
   const int64_t Cv = C / W * W;
   vf sg[R], sgx[R];
   float a[R], c[R];
@@ -375,14 +376,30 @@ void ln_backward_block(const float* x, const float* w, const float* mean, const 
   for (int r = 0; r < R; ++r) {
     const float* xr = x + r * C;
     const g_t* gr = dy + r * C;
+    const float* res = dres ? dres + r * C : nullptr;
     float* dr = dx + r * C;
+    uint16_t* d16 = dx16 ? dx16 + r * C : nullptr;
     const float m = mean[r], rs = rstd[r];
     for (int64_t j = 0; j < Cv; j += W) {
       const vf xh = (vload(xr + j) - splat(m)) * splat(rs);
-      vstore(dr + j, splat(rs) * (load16(gr + j) * vload(w + j) - splat(a[r]) - xh * splat(c[r])));
+      vf v = splat(rs) * (load16(gr + j) * vload(w + j) - splat(a[r]) - xh * splat(c[r]));
+      if (res) v += vload(res + j);
+      vstore(dr + j, v);
+      if (d16) store16(d16 + j, v);
     }
-    for (int64_t j = Cv; j < C; ++j) dr[j] = rs * (to_f32(gr[j]) * w[j] - a[r] - (xr[j] - m) * rs * c[r]);
+    for (int64_t j = Cv; j < C; ++j) {
+      dr[j] = rs * (to_f32(gr[j]) * w[j] - a[r] - (xr[j] - m) * rs * c[r]) + (res ? res[j] : 0.f);
+      if (d16) from_f32(dr[j], d16[j]);
+    }
   }
+}
+
+// s = x + a for n elements (x fp32, a fp32 or bf16): the residual add the norm after it is fused with.
+template <typename a_t>
+void add_rows(const float* x, const a_t* a, float* s, int64_t n) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(s + i, vload(x + i) + load16(a + i));
+  for (; i < n; ++i) s[i] = x[i] + to_f32(a[i]);
 }
 
 constexpr int LN_ROWS = 4;  // rows side by side (above)
@@ -434,61 +451,86 @@ void check_ln(const torch::Tensor& x, const torch::Tensor& w, const torch::Tenso
 
 }  // namespace
 
-// (y in bf16 if `bf16_out` else fp32, mean, rstd) for LayerNorm over the last dim of x (rows, C) fp32;
-// `bias` empty for none.
+// (y in bf16 if `bf16_out` else fp32, mean, rstd, s) for LayerNorm over the last dim of s (rows, C) fp32,
+// where s = x + residual when `residual` (rows, C, fp32 or bf16) is given (the residual add and the norm
+// after it in one pass: s is returned for the stream), else s = x (and the 4th tensor is empty); `bias`
+// empty for none.
 std::vector<torch::Tensor> layer_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, double eps,
-                                              bool bf16_out) {
+                                              bool bf16_out, torch::Tensor residual) {
   check_ln(x, weight, bias);
   const int64_t N = x.size(0), C = x.size(1);
+  const bool add = residual.numel() > 0;
+  TORCH_CHECK(!add || (residual.sizes() == x.sizes() && residual.is_contiguous() &&
+                       (residual.scalar_type() == torch::kFloat || residual.scalar_type() == torch::kBFloat16)),
+              "residual must be x's shape, contiguous, float32 or bfloat16");
   auto y = torch::empty({N, C}, x.options().dtype(bf16_out ? torch::kBFloat16 : torch::kFloat));
   auto mean = torch::empty({N}, x.options()), rstd = torch::empty({N}, x.options());
+  auto sum = add ? torch::empty({N, C}, x.options()) : torch::empty({0}, x.options());
   const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   dispatch(y, [&](auto tag) {
     using out_t = decltype(tag);
-    const float* in = x.data_ptr<float>();
-    const float* w = weight.data_ptr<float>();
-    out_t* out = data<out_t>(y);
-    float *mu = mean.data_ptr<float>(), *rs = rstd.data_ptr<float>();
-    const float e = static_cast<float>(eps);
-    at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
-      int64_t r = r0;
-      for (; r + LN_ROWS <= r1; r += LN_ROWS) ln_forward_block<LN_ROWS>(in + r * C, w, b, out + r * C, mu + r, rs + r, C, e);
-      for (; r < r1; ++r) ln_forward_block<1>(in + r * C, w, b, out + r * C, mu + r, rs + r, C, e);
+    dispatch(add ? residual : x, [&](auto atag) {
+      using a_t = decltype(atag);
+      const float* w = weight.data_ptr<float>();
+      const a_t* a = add ? data<a_t>(residual) : nullptr;
+      float* s = add ? sum.data_ptr<float>() : nullptr;
+      const float* in = add ? s : x.data_ptr<float>();
+      out_t* out = data<out_t>(y);
+      float *mu = mean.data_ptr<float>(), *rs = rstd.data_ptr<float>();
+      const float e = static_cast<float>(eps);
+      at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
+        if (a) add_rows(x.data_ptr<float>() + r0 * C, a + r0 * C, s + r0 * C, (r1 - r0) * C);
+        int64_t r = r0;
+        for (; r + LN_ROWS <= r1; r += LN_ROWS)
+          ln_forward_block<LN_ROWS>(in + r * C, w, b, out + r * C, mu + r, rs + r, C, e);
+        for (; r < r1; ++r) ln_forward_block<1>(in + r * C, w, b, out + r * C, mu + r, rs + r, C, e);
+      });
     });
   });
-  return {y, mean, rstd};
+  return {y, mean, rstd, sum};
 }
 
-// (dx fp32, dweight, dbias) of LayerNorm from the forward's x, weight, mean and rstd and dy (fp32 or bf16).
+// (dx fp32, dweight, dbias, dx in bf16 or empty) of LayerNorm from the forward's input x, weight, mean
+// and rstd and dy (fp32 or bf16); plus `dres` (fp32, x's shape) when given: the gradient the residual
+// stream brings (for the fused add, whose two inputs get dx; `bf16_dx` also writes it in bf16 for a
+// bf16 one).
 std::vector<torch::Tensor> layer_norm_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor mean,
-                                               torch::Tensor rstd, torch::Tensor dy) {
+                                               torch::Tensor rstd, torch::Tensor dy, torch::Tensor dres, bool bf16_dx) {
   check_ln(x, weight, torch::empty({0}));
   const int64_t N = x.size(0), C = x.size(1);
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.is_contiguous() &&
               (dy.scalar_type() == torch::kFloat || dy.scalar_type() == torch::kBFloat16), "dy must be x's shape, float32 or bfloat16");
+  TORCH_CHECK(dres.numel() == 0 || (dres.sizes() == x.sizes() && dres.is_contiguous() && dres.scalar_type() == torch::kFloat),
+              "dres must be x's shape, contiguous float32, or empty");
   TORCH_CHECK(mean.numel() == N && rstd.numel() == N, "mean and rstd must have a value per row");
   auto dx = torch::empty({N, C}, x.options());
+  auto dx16 = bf16_dx ? torch::empty({N, C}, x.options().dtype(torch::kBFloat16)) : torch::empty({0}, x.options());
   const int64_t chunks = ln_chunks(N);
   auto parts = torch::zeros({2, chunks, C}, x.options());  // each chunk's dw and db, summed below
   dispatch(dy, [&](auto tag) {
     using g_t = decltype(tag);
     const float *in = x.data_ptr<float>(), *w = weight.data_ptr<float>();
     const float *mu = mean.data_ptr<float>(), *rs = rstd.data_ptr<float>();
+    const float* res = dres.numel() ? dres.data_ptr<float>() : nullptr;
     const g_t* g = data<g_t>(dy);
     float *out = dx.data_ptr<float>(), *sums = parts.data_ptr<float>();
+    uint16_t* out16 = bf16_dx ? data<uint16_t>(dx16) : nullptr;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         float *dw = sums + c * C, *db = sums + (chunks + c) * C;
         int64_t r = c * N / chunks;
         const int64_t end = (c + 1) * N / chunks;
-        for (; r + LN_ROWS <= end; r += LN_ROWS)
-          ln_backward_block<LN_ROWS>(in + r * C, w, mu + r, rs + r, g + r * C, out + r * C, dw, db, C);
-        for (; r < end; ++r) ln_backward_block<1>(in + r * C, w, mu + r, rs + r, g + r * C, out + r * C, dw, db, C);
+        auto at_row = [&](auto block, int64_t r) {
+          block(in + r * C, w, mu + r, rs + r, g + r * C, res ? res + r * C : nullptr, out + r * C,
+                out16 ? out16 + r * C : nullptr, dw, db, C);
+        };
+        for (; r + LN_ROWS <= end; r += LN_ROWS) at_row(ln_backward_block<LN_ROWS, g_t>, r);
+        for (; r < end; ++r) at_row(ln_backward_block<1, g_t>, r);
       }
     });
   });
   auto sums = parts.sum(1);
-  return {dx, sums[0], sums[1]};
+  return {dx, sums[0], sums[1], dx16};
 }
 
 // (gelu(u), its derivative at u) for a contiguous fp32 or bf16 u, both in u's dtype.

@@ -8,9 +8,10 @@ under autocast). It replaces ~12 torch ops forward and ~20 backward a layer by o
 skips the masked half of the scores; the model takes it while training on a CPU once the kernels
 are built (`python -m minigpt kernel`), with no attention dropout.
 
-`layer_norm(x, weight, bias, eps, out_dtype, module)` is nn.LayerNorm's forward and backward for an
-fp32 x, its output written in `out_dtype`: bf16 under autocast, which is what the next Linear takes
-(ATen's writes fp32, then autocast copies it to bf16, and back again for the gradient).
+`layer_norm(x, weight, bias, eps, module)` is nn.LayerNorm's forward and backward for an fp32 x, its
+output in bf16 under autocast, which is what the next Linear takes (ATen's writes fp32, then autocast
+copies it to bf16, and back again for the gradient); `add_layer_norm(x, a, ...)` is the residual add
+before it and the norm in one pass (the block's `x = x + attn(...)`, then `ln_2(x)`).
 `gelu(u, module)` is F.gelu, its derivative computed with it (one erf, whose exp gives the derivative
 too) and kept, so the backward is a product instead of erf and exp again.
 """
@@ -47,7 +48,7 @@ def reference_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, bf16_out, module):
-        y, mean, rstd = module.layer_norm_forward(x, weight, bias if bias is not None else _NONE, eps, bf16_out)
+        y, mean, rstd, _ = module.layer_norm_forward(x, weight, _or_none(bias), eps, bf16_out, _NONE)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.module, ctx.has_bias = module, bias is not None
         return y
@@ -55,8 +56,28 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = ctx.module.layer_norm_backward(x, weight, mean, rstd, dy.contiguous())
+        dx, dw, db, _ = ctx.module.layer_norm_backward(x, weight, mean, rstd, dy.contiguous(), _NONE, False)
         return dx, dw, db if ctx.has_bias else None, None, None, None
+
+
+class _AddLayerNorm(torch.autograd.Function):
+    """(s, norm(s)) for s = x + a: the residual add and the LayerNorm after it in one pass each way."""
+
+    @staticmethod
+    def forward(ctx, x, a, weight, bias, eps, bf16_out, module):
+        y, mean, rstd, s = module.layer_norm_forward(x, weight, _or_none(bias), eps, bf16_out, a)
+        ctx.save_for_backward(s, weight, mean, rstd)
+        ctx.module, ctx.has_bias, ctx.a_dtype = module, bias is not None, a.dtype
+        return s, y
+
+    @staticmethod
+    def backward(ctx, ds, dy):
+        s, weight, mean, rstd = ctx.saved_tensors
+        dy = dy.contiguous() if dy is not None else torch.zeros_like(s)
+        bf16 = ctx.a_dtype == torch.bfloat16
+        dx, dw, db, dx16 = ctx.module.layer_norm_backward(s, weight, mean, rstd, dy, _or_none(ds), bf16)
+        # x and a both get ds + the norm's gradient: a in its own dtype (bf16 under autocast)
+        return dx, dx16 if bf16 else dx.clone(), dw, db if ctx.has_bias else None, None, None, None
 
 
 class _Gelu(torch.autograd.Function):
@@ -72,7 +93,11 @@ class _Gelu(torch.autograd.Function):
         return dy * slope, None
 
 
-_NONE = torch.empty(0)  # "no bias" to the kernel
+_NONE = torch.empty(0)  # "none" to the kernel (no bias, no residual)
+
+
+def _or_none(t: torch.Tensor | None) -> torch.Tensor:
+    return _NONE if t is None else t.contiguous()
 
 
 def kernel_for(qkv: torch.Tensor, dropout: float):
@@ -107,6 +132,19 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     bf16_out = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     flat = x.reshape(-1, x.size(-1)).contiguous()
     return _LayerNorm.apply(flat, weight, bias, eps, bf16_out, module).view(x.shape)
+
+
+def add_layer_norm(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
+                   module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + a, nn.LayerNorm of it) through the compiled `module`, for the fp32 residual stream x and a
+    sublayer's output a (fp32, or bf16 under autocast): x + a is fp32 as torch's promotion makes it,
+    the norm as `layer_norm` gives it. One pass instead of the add, the norm, and their backward's
+    cast and sum."""
+    bf16_out = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    C = x.size(-1)
+    s, y = _AddLayerNorm.apply(x.reshape(-1, C).contiguous(), a.reshape(-1, C).contiguous(), weight, bias, eps,
+                               bf16_out, module)
+    return s.view(x.shape), y.view(x.shape)
 
 
 def gelu(u: torch.Tensor, module) -> torch.Tensor:

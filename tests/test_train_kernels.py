@@ -104,6 +104,29 @@ def test_layer_norm_under_autocast_writes_bf16_as_autocast_would_cast_it(kernel)
     assert torch.allclose(dx, want_dx, atol=1e-5) and torch.allclose(dw, want_dw, atol=1e-4)
 
 
+@pytest.mark.parametrize("a_dtype", [torch.float32, torch.bfloat16])
+def test_the_residual_add_and_layer_norm_in_one_kernel_equal_the_two_ops(kernel, a_dtype):
+    """(x + a, LayerNorm(x + a)) and the gradients of x, a and the gain, with a sublayer's output a in
+    fp32 or bf16 (its dtype under autocast): the same as torch's add and F.layer_norm, a's gradient
+    in a's dtype; when both outputs feed the loss, the stream's gradient is added to the norm's."""
+    gen = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(2, 50, 72, generator=gen), torch.randn(72, generator=gen), torch.randn(72, generator=gen)
+    a = torch.randn(2, 50, 72, generator=gen).to(a_dtype)
+    ds, dy = torch.randn(2, 50, 72, generator=gen), torch.randn(2, 50, 72, generator=gen)
+
+    def run(fn):
+        xs, as_, ws = x.clone().requires_grad_(), a.clone().requires_grad_(), w.clone().requires_grad_()
+        s, y = fn(xs, as_, ws)
+        torch.autograd.backward([s, y], [ds, dy])
+        return s.detach(), y.detach(), xs.grad, as_.grad, ws.grad
+
+    got = run(lambda x, a, w: train_kernels.add_layer_norm(x, a, w, b, 1e-5, kernel))
+    want = run(lambda x, a, w: (lambda s: (s, F.layer_norm(s, (72,), w, b, 1e-5)))(x + a))
+    assert got[0].dtype == got[1].dtype == torch.float32 and got[3].dtype == a_dtype
+    for g, r, tol in zip(got, want, (0, 3e-6, 3e-6, 2 ** -8 if a_dtype == torch.bfloat16 else 3e-6, 5e-5)):
+        assert torch.allclose(g.float(), r.float(), atol=tol * max(1.0, r.abs().max().item()), rtol=0)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2 ** -7)])
 def test_gelu_equals_f_gelu_forward_and_backward(kernel, dtype, tol):
     """F.gelu (exact, erf) and its gradient, in fp32 and bf16, with values past erf's saturation and
@@ -154,7 +177,7 @@ def test_the_kernel_is_used_only_where_it_computes_the_same(kernel, monkeypatch)
     dropout, the explicit (teaching) path, evaluation without gradients, set_training_kernels(False)
     and a missing build keep the eager attention; other norms and activations stay torch's."""
     calls = []
-    for name in ("attention", "layer_norm", "gelu"):
+    for name in ("attention", "layer_norm", "add_layer_norm", "gelu"):
         real = getattr(train_kernels, name)
         monkeypatch.setattr(train_kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     x = torch.randint(0, 40, (2, 20))
@@ -166,7 +189,7 @@ def test_the_kernel_is_used_only_where_it_computes_the_same(kernel, monkeypatch)
         return calls.count("attention") > 0
 
     assert uses(_model().train())
-    assert {"attention", "layer_norm", "gelu"} <= set(calls)  # each of the block's kernels
+    assert {"attention", "layer_norm", "add_layer_norm", "gelu"} <= set(calls)  # each of the block's kernels
     assert uses(_model(norm="rms", activation="relu").train()) and set(calls) == {"attention"}
     assert not uses(_model().eval(), grad=False) and not calls
     off = _model().train()
