@@ -1,7 +1,7 @@
 // minigpt's compiled kernels as one translation unit (built by minigpt/decode_kernel.py): the
-// decoding step (decode_step.cpp), training's attention, LayerNorm and GELU (train_kernels.cpp), and
-// their Python bindings. One unit, not three: each includes torch's headers, which are most of the
-// compile time (~29 s here, against ~48 s for three units on 2 cores).
+// decoding step (decode_step.cpp), training's attention, LayerNorm, GELU and Muon's two ends
+// (train_kernels.cpp), and their Python bindings. One unit, not three: each includes torch's headers,
+// which are most of the compile time (~29 s here, against ~48 s for three units on 2 cores).
 #include "decode_step.cpp"
 #include "train_kernels.cpp"
 
@@ -14,4 +14,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_norm_forward", &layer_norm_forward, "LayerNorm for training, after a residual add if given: (y, mean, rstd, sum)");
   m.def("layer_norm_backward", &layer_norm_backward, "LayerNorm's (dx, dweight, dbias, dx in bf16), the residual's gradient added");
   m.def("gelu_forward", &gelu_forward, "GELU for training: (gelu(u), its derivative)");
+  m.def("muon_stack", &muon_stack, "Muon: the normalised bf16 stack of one shape's updates (tall ones transposed)");
+  m.def("muon_apply", &muon_apply, "Muon: params = params * decay + scale * ortho, in place");
 }

@@ -61,6 +61,11 @@ def _ns_batched(g: torch.Tensor, schedule, eps: float, dtype, norm_scale: float 
     iteration per (a, b, c) of `schedule`, after scaling each matrix to Frobenius norm 1/norm_scale."""
     x = g.to(dtype)
     x = x / (x.norm(dim=(1, 2), keepdim=True) * norm_scale).clamp(min=eps)  # spectral norm <= 1
+    return _ns_iterate(x, schedule)
+
+
+def _ns_iterate(x: torch.Tensor, schedule) -> torch.Tensor:
+    """The Newton–Schulz iterations of `_ns_batched` on an already normalised stack."""
     for a, b, c in schedule:
         gram = torch.bmm(x, x.transpose(1, 2))                 # (k, m, m)
         upd = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
@@ -72,15 +77,19 @@ class BatchedMuon(torch.optim.Muon):
     """torch.optim.Muon, with the matrices of one shape orthogonalised in one batched call.
 
     `ns_schedule`, a sequence of (a, b, c), replaces torch's `ns_coefficients` × `ns_steps` by one
-    iteration per triple (and the Polar Express paper's 1.01 norm safety); None keeps torch's.
+    iteration per triple (and the Polar Express paper's 1.01 norm safety); None keeps torch's. On a
+    CPU with the kernels built, each stack is made (normalised in fp32, rounded once to bf16) and the
+    update applied (weight decay included) by one compiled call each instead of ~10 torch ops; the
+    Newton–Schulz products stay torch's batched matmuls.
     """
 
-    def __init__(self, params, ns_dtype=torch.bfloat16, ns_schedule=None, **kwargs):
+    def __init__(self, params, ns_dtype=torch.bfloat16, ns_schedule=None, use_kernel: bool = True, **kwargs):
         if ns_schedule is not None:
             kwargs["ns_steps"] = len(ns_schedule)  # what the param groups report
         super().__init__(params, **kwargs)
         self.ns_dtype = ns_dtype
         self.ns_schedule = tuple(ns_schedule) if ns_schedule is not None else None
+        self.use_kernel = use_kernel  # on a CPU, the stack and update through the compiled kernels once built
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -100,20 +109,35 @@ class BatchedMuon(torch.optim.Muon):
             by_shape: dict[tuple, list[int]] = {}
             for i, p in enumerate(params):
                 by_shape.setdefault((min(p.shape), max(p.shape)), []).append(i)
-            if wd:
-                torch._foreach_mul_(params, 1 - lr * wd)
             torch_ns = self.ns_schedule is None
             schedule = (group["ns_coefficients"],) * group["ns_steps"] if torch_ns else self.ns_schedule
+            norm_scale, decay = 1.0 if torch_ns else 1.01, 1 - lr * wd
+            kernel = self._kernel(params, updates)
+            if wd and kernel is None:
+                torch._foreach_mul_(params, decay)
             for idx in by_shape.values():
                 tall = [params[i].shape[0] > params[i].shape[1] for i in idx]
-                stack = torch.stack([updates[i].T if t else updates[i] for i, t in zip(idx, tall)])
-                ortho = _ns_batched(stack, schedule, group["eps"], self.ns_dtype,
-                                    norm_scale=1.0 if torch_ns else 1.01)
-                ortho = [o.T if t else o for o, t in zip(ortho.to(params[idx[0]].dtype).unbind(0), tall)]
                 # torch's "original" lr adjustment: sqrt(rows / cols) for a tall matrix
                 scales = [-lr * max(1.0, params[i].shape[0] / params[i].shape[1]) ** 0.5 for i in idx]
+                if kernel is not None:  # the stack and the update in one compiled pass each, decay included
+                    stack = kernel.muon_stack([updates[i] for i in idx], tall, norm_scale, group["eps"])
+                    kernel.muon_apply([params[i] for i in idx], _ns_iterate(stack, schedule), tall, scales, decay)
+                    continue
+                stack = torch.stack([updates[i].T if t else updates[i] for i, t in zip(idx, tall)])
+                ortho = _ns_batched(stack, schedule, group["eps"], self.ns_dtype, norm_scale=norm_scale)
+                ortho = [o.T if t else o for o, t in zip(ortho.to(params[idx[0]].dtype).unbind(0), tall)]
                 torch._foreach_add_([params[i] for i in idx], torch._foreach_mul(ortho, scales))
         return loss
+
+    def _kernel(self, params, updates):
+        """The compiled module when it can do this group's stack and update (fp32 contiguous matrices
+        on a CPU, bf16 Newton–Schulz, built and allowed), else None: torch's ops do them."""
+        if not self.use_kernel or self.ns_dtype != torch.bfloat16:
+            return None
+        if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in [*params, *updates]):
+            return None
+        from .decode_kernel import load
+        return load()
 
 
 class MuonAdamW:

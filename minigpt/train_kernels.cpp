@@ -1,4 +1,5 @@
-// Causal self-attention, LayerNorm and GELU for training on a CPU, forward and backward.
+// Causal self-attention, LayerNorm and GELU for training on a CPU, forward and backward, and the
+// two ends of a Muon step.
 //
 // Why: the eager attention of a small GPT (context 64, heads of 32) is ~12 torch ops a layer
 // forward and ~20 backward: 64x64 batched products that run far below the CPU's peak, a softmax,
@@ -11,6 +12,7 @@
 // LayerNorm and GELU (below the attention) are there for the same reason: ATen's take ~150 and
 // ~650 µs a call on this model where these take a fraction of it, and the norm writes its output in
 // bf16 under autocast (the next Linear's input) where ATen's writes fp32 for a cast to copy.
+// Muon's stack and update (the end of the file) replace ~10 small torch ops per group of matrices.
 // Built on request with the decoding kernel (minigpt/decode_kernel.py); F.scaled_dot_product_attention,
 // nn.LayerNorm and F.gelu are the references they are tested against (tests/test_train_kernels.py).
 #include <torch/extension.h>
@@ -546,3 +548,108 @@ std::vector<torch::Tensor> gelu_forward(torch::Tensor u) {
   });
   return {y, d};
 }
+
+// ---- Muon ------------------------------------------------------------------------------------------
+
+namespace {
+
+void check_muon_list(const std::vector<torch::Tensor>& ts, const std::vector<bool>& tall, int64_t& m, int64_t& n) {
+  TORCH_CHECK(!ts.empty() && ts.size() == tall.size(), "one tall flag per matrix");
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const auto& t = ts[i];
+    TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.is_contiguous() && t.scalar_type() == torch::kFloat,
+                "Muon's matrices must be contiguous 2-D float32 CPU tensors");
+    const int64_t r = tall[i] ? t.size(1) : t.size(0), c = tall[i] ? t.size(0) : t.size(1);
+    if (i == 0) {
+      m = r;
+      n = c;
+    }
+    TORCH_CHECK(r == m && c == n, "the matrices of a stack must have one shape (tall ones transposed)");
+  }
+}
+
+}  // namespace
+
+// The stack Newton–Schulz starts from: (k, m, n) bf16, matrix i = updates[i] (transposed when tall[i])
+// divided by max(its Frobenius norm × norm_scale, eps), in fp32 and rounded once.
+torch::Tensor muon_stack(std::vector<torch::Tensor> updates, std::vector<bool> tall, double norm_scale, double eps) {
+  int64_t m = 0, n = 0;
+  check_muon_list(updates, tall, m, n);
+  const int64_t k = static_cast<int64_t>(updates.size());
+  auto out = torch::empty({k, m, n}, updates[0].options().dtype(torch::kBFloat16));
+  uint16_t* o = data<uint16_t>(out);
+  at::parallel_for(0, k, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* u = updates[i].data_ptr<float>();
+      const int64_t size = m * n, rows = updates[i].size(0), cols = updates[i].size(1);
+      vf acc{};
+      int64_t j = 0;
+      for (; j + W <= size; j += W) acc += vload(u + j) * vload(u + j);
+      float sq = hsum(acc);
+      for (; j < size; ++j) sq += u[j] * u[j];
+      const float inv = 1.0f / std::max(std::sqrt(sq) * static_cast<float>(norm_scale), static_cast<float>(eps));
+      uint16_t* oi = o + i * size;
+      if (!tall[i]) {
+        for (j = 0; j + W <= size; j += W) store16(oi + j, vload(u + j) * splat(inv));
+        for (; j < size; ++j) from_f32(u[j] * inv, oi[j]);
+      } else {  // oi[c][r] = u[r][c]: 16 rows of a column at a time, written as one vector
+        for (int64_t r0 = 0; r0 < rows; r0 += W) {
+          const int64_t nr = std::min<int64_t>(W, rows - r0);
+          for (int64_t c = 0; c < cols; ++c) {
+            float col[W] = {};
+            for (int64_t r = 0; r < nr; ++r) col[r] = u[(r0 + r) * cols + c] * inv;
+            if (nr == W) {
+              store16(oi + c * rows + r0, vload(col));
+            } else {
+              for (int64_t r = 0; r < nr; ++r) from_f32(col[r], oi[c * rows + r0 + r]);
+            }
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// params[i] = params[i] × decay + scales[i] × ortho[i] (ortho (k, m, n) bf16; transposed back when
+// tall[i]): Muon's weight decay and update, in place, each parameter's version bumped as an in-place
+// torch op would (caches keyed on it see the change).
+void muon_apply(std::vector<torch::Tensor> params, torch::Tensor ortho, std::vector<bool> tall, std::vector<double> scales,
+                double decay) {
+  int64_t m = 0, n = 0;
+  check_muon_list(params, tall, m, n);
+  const int64_t k = static_cast<int64_t>(params.size());
+  TORCH_CHECK(ortho.scalar_type() == torch::kBFloat16 && ortho.is_contiguous() && ortho.dim() == 3 && ortho.size(0) == k &&
+              ortho.size(1) == m && ortho.size(2) == n, "ortho must be the (k, m, n) bf16 stack of these matrices");
+  TORCH_CHECK(static_cast<int64_t>(scales.size()) == k, "one scale per matrix");
+  const uint16_t* o = data<uint16_t>(ortho);
+  const float d = static_cast<float>(decay);
+  at::parallel_for(0, k, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float* p = params[i].data_ptr<float>();
+      const uint16_t* oi = o + i * m * n;
+      const float sc = static_cast<float>(scales[i]);
+      const int64_t rows = params[i].size(0), cols = params[i].size(1), size = rows * cols;
+      if (!tall[i]) {
+        int64_t j = 0;
+        for (; j + W <= size; j += W) vstore(p + j, vload(p + j) * splat(d) + splat(sc) * load16(oi + j));
+        for (; j < size; ++j) p[j] = p[j] * d + sc * to_f32(oi[j]);
+      } else {  // p[r][c] from oi[c][r]
+        for (int64_t r0 = 0; r0 < rows; r0 += W) {
+          const int64_t nr = std::min<int64_t>(W, rows - r0);
+          for (int64_t c = 0; c < cols; ++c) {
+            float col[W];
+            if (nr == W) {
+              vstore(col, load16(oi + c * rows + r0));
+            } else {
+              for (int64_t r = 0; r < nr; ++r) col[r] = to_f32(oi[c * rows + r0 + r]);
+            }
+            for (int64_t r = 0; r < nr; ++r) p[(r0 + r) * cols + c] = p[(r0 + r) * cols + c] * d + sc * col[r];
+          }
+        }
+      }
+    }
+  });
+  for (auto& p : params) p.unsafeGetTensorImpl()->bump_version();
+}
+

@@ -226,3 +226,34 @@ def test_training_with_the_kernel_learns_like_the_eager_model(kernel):
         curves.append(losses)
     assert curves[0][-1] < curves[0][0] - 0.3  # it learns
     assert max(abs(a - b) for a, b in zip(*curves)) < 1e-4
+
+
+def test_muon_through_the_kernels_steps_as_through_torch(kernel, monkeypatch):
+    """BatchedMuon's compiled stack and update (square, wide and tall matrices, weight decay) move the
+    weights as torch's ops do, to bf16 Newton–Schulz's rounding (the compiled stack is normalised in
+    fp32, torch's in bf16: the same tolerance as against torch's own Muon); the momentum is the same;
+    each weight's version is bumped, as an in-place op's, so caches keyed on it see the step."""
+    from minigpt.optim import POLAR_EXPRESS, BatchedMuon
+    gen = torch.Generator().manual_seed(4)
+    shapes = [(32, 32), (32, 128), (128, 32), (96, 32), (32, 96)]
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(3)]
+    calls = []
+    for name in ("muon_stack", "muon_apply"):
+        monkeypatch.setattr(kernel, name, lambda *a, real=getattr(kernel, name), name=name: calls.append(name) or real(*a),
+                            raising=False)
+    runs = []
+    for use_kernel in (True, False):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = BatchedMuon(params, lr=0.02, weight_decay=0.1, ns_schedule=POLAR_EXPRESS[:3], use_kernel=use_kernel)
+        versions = [p._version for p in params]
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        assert all(p._version > v for p, v in zip(params, versions))
+        runs.append((params, [opt.state[p]["momentum_buffer"] for p in params]))
+    assert calls.count("muon_stack") == calls.count("muon_apply") == 3 * 3  # 3 shapes (tall ones transposed), 3 steps
+    for (p, m), (q, n), p0 in zip(zip(*runs[0]), zip(*runs[1]), start):
+        assert torch.equal(m, n)
+        assert torch.allclose(p, q, atol=2e-3) and (p - p0).abs().max() > 0.02  # close, and the steps moved them
