@@ -80,7 +80,7 @@ def _char_tokenizer(vocab: int):
 def train_tokens_per_s(model: GPTConfig, dtype: str, steps: int, batch_size: int | None = None,
                        device: str = "cpu", kernels: bool = True) -> float:
     """Training tokens/s of `train()` for `model` on random tokens, over the last two thirds of `steps`
-    (`kernels=False`: the eager model even where the compiled kernels are built)."""
+    (`kernels=False`: the eager model and torch's Muon ops even where the compiled kernels are built)."""
     from .train import Run, Step, train
     cfg = TrainConfig(max_iters=steps, eval_interval=steps + 1, sample_every=0, device=device, dtype=dtype)
     if batch_size is not None:

@@ -331,9 +331,12 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.explicit = on
 
+    training_kernels = True  # what set_training_kernels last said (an optimizer made for the model reads it)
+
     def set_training_kernels(self, on: bool = True):
-        """Let training on a CPU use the compiled attention, LayerNorm and GELU when they are built (the
-        default), or not."""
+        """Let training on a CPU use the compiled attention, LayerNorm and GELU (and Muon's stack and
+        update, for an optimizer made after this) when they are built (the default), or not."""
+        self.training_kernels = on
         for block in self.transformer.h:
             block.attn.use_kernel = on
             if block.mlp is not None:

@@ -209,7 +209,8 @@ def make_optimizer(model, cfg, device: str):
     # default recipe sees Tiny Shakespeare ~3.5 times and overfits; 0.1 took the shipped model's full-val
     # from 1.527 to 1.514 in the same 1750 steps (0.25: 1.523).
     muon = BatchedMuon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=0.95,
-                       ns_schedule=POLAR_EXPRESS[:POLAR_EXPRESS_STEPS])
+                       ns_schedule=POLAR_EXPRESS[:POLAR_EXPRESS_STEPS],
+                       use_kernel=getattr(model, "training_kernels", True))
     for g in adamw.param_groups:
         g.update(kind="adamw", peak_lr=cfg.lr)
     for g in muon.param_groups:

@@ -257,3 +257,10 @@ def test_muon_through_the_kernels_steps_as_through_torch(kernel, monkeypatch):
     for (p, m), (q, n), p0 in zip(zip(*runs[0]), zip(*runs[1]), start):
         assert torch.equal(m, n)
         assert torch.allclose(p, q, atol=2e-3) and (p - p0).abs().max() > 0.02  # close, and the steps moved them
+
+
+def test_an_optimizer_made_after_the_kernels_are_turned_off_keeps_torchs_muon():
+    model = _model()
+    assert make_optimizer(model, TrainConfig(), "cpu").muon.use_kernel
+    model.set_training_kernels(False)
+    assert not make_optimizer(model, TrainConfig(), "cpu").muon.use_kernel
