@@ -52,19 +52,9 @@ inline float f32(bf16 v) { return to_f32(v.x); }
 inline void store(float* p, float v) { *p = v; }
 inline void store(bf16* p, float v) { from_f32(v, p->x); }
 
-typedef uint16_t vh __attribute__((vector_size(32)));  // 16 bf16
-typedef uint32_t vu __attribute__((vector_size(64)));
-
 // 16 stored values from p as fp32.
 inline vf widen(const float* p) { return vload(p); }
-inline vf widen(const bf16* p) {
-  vh h;
-  std::memcpy(&h, p, sizeof h);
-  const vu u = __builtin_convertvector(h, vu) << 16;
-  vf f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+inline vf widen(const bf16* p) { return load16(reinterpret_cast<const uint16_t*>(p)); }
 
 // The dot product of n stored values with n floats: two vector sums, one tree at the end.
 template <typename T>

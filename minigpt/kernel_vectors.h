@@ -1,10 +1,14 @@
 // What both kernels compute with: a vector of 16 floats (one AVX-512 register, two AVX ones, four
 // NEON ones; GCC and Clang vector extensions, so the kernels compile on any CPU), bf16 bits to and
-// from fp32, Cephes' exp polynomial, and exp and erf on 16 floats.
+// from fp32 (one at a time or 16), Cephes' exp polynomial, and exp and erf on 16 floats.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -41,6 +45,34 @@ inline void from_f32(float f, uint16_t& out) {  // round to nearest even, as tor
   std::memcpy(&u, &f, sizeof u);
   u = f != f ? 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u);
   out = static_cast<uint16_t>(u >> 16);
+}
+
+// 16 values of an fp32 or bf16 array as fp32, and back (bf16: round to nearest even, NaN kept), in
+// vector instructions; one instruction for the rounding where the CPU has AVX512-BF16.
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+inline vf load16(const float* p) { return vload(p); }
+inline vf load16(const uint16_t* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof h);
+  const vu u = __builtin_convertvector(h, vu) << 16;
+  vf v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+inline void store16(float* p, vf v) { vstore(p, v); }
+inline void store16(uint16_t* p, vf v) {
+#ifdef __AVX512BF16__
+  __m512 f;
+  std::memcpy(&f, &v, sizeof f);
+  const __m256bh h = _mm512_cvtneps_pbh(f);
+#else
+  vu u;
+  std::memcpy(&u, &v, sizeof u);
+  u = v != v ? vu{} + 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u);
+  const vh h = __builtin_convertvector(u >> 16, vh);
+#endif
+  std::memcpy(p, &h, sizeof h);
 }
 
 // e^r for |r| <= ln(2) / 2 (what is left of x = n ln 2 + r): Cephes' expf polynomial, for one

@@ -27,10 +27,6 @@
 
 #include "kernel_vectors.h"
 
-#ifdef __AVX512BF16__
-#include <immintrin.h>
-#endif
-
 namespace {
 
 inline int64_t up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -64,34 +60,6 @@ inline void rows4(const float* A, int64_t ars, int64_t aks, const float* B, int6
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) micro<2>(a, ars, aks, B + j, ldb, c + j, ldc, k0, k1);
   if (j < n) micro<1>(a, ars, aks, B + j, ldb, c + j, ldc, k0, k1);
-}
-
-// 16 values of an fp32 or bf16 array as fp32, and back (bf16: round to nearest even, NaN kept), in
-// vector instructions; one instruction for the rounding where the CPU has AVX512-BF16.
-typedef uint32_t vu __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));
-inline vf load16(const float* p) { return vload(p); }
-inline vf load16(const uint16_t* p) {
-  vh h;
-  std::memcpy(&h, p, sizeof h);
-  const vu u = __builtin_convertvector(h, vu) << 16;
-  vf v;
-  std::memcpy(&v, &u, sizeof v);
-  return v;
-}
-inline void store16(float* p, vf v) { vstore(p, v); }
-inline void store16(uint16_t* p, vf v) {
-#ifdef __AVX512BF16__
-  __m512 f;
-  std::memcpy(&f, &v, sizeof f);
-  const __m256bh h = _mm512_cvtneps_pbh(f);
-#else
-  vu u;
-  std::memcpy(&u, &v, sizeof u);
-  u = v != v ? vu{} + 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u);
-  const vh h = __builtin_convertvector(u >> 16, vh);
-#endif
-  std::memcpy(p, &h, sizeof h);
 }
 
 // exp(x) for x <= 0 (a softmax's shifted scores; 0 below -87): Cephes' expf, ~2 ulp, written so
