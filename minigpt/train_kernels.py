@@ -13,7 +13,8 @@ output in bf16 under autocast, which is what the next Linear takes (ATen's write
 copies it to bf16, and back again for the gradient); `add_layer_norm(x, a, ...)` is the residual add
 before it and the norm in one pass (the block's `x = x + attn(...)`, then `ln_2(x)`).
 `gelu(u, module)` is F.gelu, its derivative computed with it (one erf, whose exp gives the derivative
-too) and kept, so the backward is a product instead of erf and exp again.
+too) and kept, so the backward is a product instead of erf and exp again. (Muon's stack and update,
+in the same C++ file, are called by minigpt/optim.py's BatchedMuon.)
 """
 
 from __future__ import annotations
