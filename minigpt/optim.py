@@ -78,8 +78,8 @@ class BatchedMuon(torch.optim.Muon):
 
     `ns_schedule`, a sequence of (a, b, c), replaces torch's `ns_coefficients` × `ns_steps` by one
     iteration per triple (and the Polar Express paper's 1.01 norm safety); None keeps torch's. On a
-    CPU with the kernels built, each stack is made (normalised in fp32, rounded once to bf16) and the
-    update applied (weight decay included) by one compiled call each instead of ~10 torch ops; the
+    CPU with the kernels built, each stack is made (with the same bf16 roundings) and the update
+    applied (weight decay included) by one compiled call each instead of ~10 torch ops; the
     Newton–Schulz products stay torch's batched matmuls.
     """
 

@@ -538,8 +538,23 @@ void check_muon_list(const std::vector<torch::Tensor>& ts, const std::vector<boo
 
 }  // namespace
 
+// v rounded to bf16 and back (the value torch's bf16 tensor would hold).
+inline vf round_bf16(vf v) {
+  uint16_t h[W];
+  store16(h, v);
+  return load16(h);
+}
+inline float round_bf16(float v) {
+  uint16_t h;
+  from_f32(v, h);
+  return to_f32(h);
+}
+
 // The stack Newton–Schulz starts from: (k, m, n) bf16, matrix i = updates[i] (transposed when tall[i])
-// divided by max(its Frobenius norm × norm_scale, eps), in fp32 and rounded once.
+// divided by max(its Frobenius norm × norm_scale, eps), with torch's bf16 steps (BatchedMuon's torch
+// path: the update rounded to bf16, its norm and the divisor rounded, the quotient rounded). The same
+// roundings keep the same robustness: an update that differs in its last fp32 bits (a sum of micro-
+// batches against the whole batch, DDP against one process) rounds to the same bf16 stack.
 torch::Tensor muon_stack(std::vector<torch::Tensor> updates, std::vector<bool> tall, double norm_scale, double eps) {
   int64_t m = 0, n = 0;
   check_muon_list(updates, tall, m, n);
@@ -552,24 +567,31 @@ torch::Tensor muon_stack(std::vector<torch::Tensor> updates, std::vector<bool> t
       const int64_t size = m * n, rows = updates[i].size(0), cols = updates[i].size(1);
       vf acc{};
       int64_t j = 0;
-      for (; j + W <= size; j += W) acc += vload(u + j) * vload(u + j);
+      for (; j + W <= size; j += W) {
+        const vf r = round_bf16(vload(u + j));
+        acc += r * r;
+      }
       float sq = hsum(acc);
-      for (; j < size; ++j) sq += u[j] * u[j];
-      const float inv = 1.0f / std::max(std::sqrt(sq) * static_cast<float>(norm_scale), static_cast<float>(eps));
+      for (; j < size; ++j) sq += round_bf16(u[j]) * round_bf16(u[j]);
+      const float d = std::max(round_bf16(round_bf16(std::sqrt(sq)) * static_cast<float>(norm_scale)),
+                               round_bf16(static_cast<float>(eps)));
       uint16_t* oi = o + i * size;
       if (!tall[i]) {
-        for (j = 0; j + W <= size; j += W) store16(oi + j, vload(u + j) * splat(inv));
-        for (; j < size; ++j) from_f32(u[j] * inv, oi[j]);
+        for (j = 0; j + W <= size; j += W) store16(oi + j, round_bf16(vload(u + j)) / splat(d));
+        for (; j < size; ++j) from_f32(round_bf16(u[j]) / d, oi[j]);
       } else {  // oi[c][r] = u[r][c]: 16 rows of a column at a time, written as one vector
         for (int64_t r0 = 0; r0 < rows; r0 += W) {
           const int64_t nr = std::min<int64_t>(W, rows - r0);
           for (int64_t c = 0; c < cols; ++c) {
             float col[W] = {};
-            for (int64_t r = 0; r < nr; ++r) col[r] = u[(r0 + r) * cols + c] * inv;
+            for (int64_t r = 0; r < nr; ++r) col[r] = u[(r0 + r) * cols + c];
+            const vf q = round_bf16(vload(col)) / splat(d);
             if (nr == W) {
-              store16(oi + c * rows + r0, vload(col));
+              store16(oi + c * rows + r0, q);
             } else {
-              for (int64_t r = 0; r < nr; ++r) from_f32(col[r], oi[c * rows + r0 + r]);
+              float f[W];
+              vstore(f, q);
+              for (int64_t r = 0; r < nr; ++r) from_f32(f[r], oi[c * rows + r0 + r]);
             }
           }
         }

@@ -259,6 +259,21 @@ def test_muon_through_the_kernels_steps_as_through_torch(kernel, monkeypatch):
         assert torch.allclose(p, q, atol=2e-3) and (p - p0).abs().max() > 0.02  # close, and the steps moved them
 
 
+def test_muons_stack_rounds_as_torchs_bf16_ops_do(kernel):
+    """The compiled stack is torch's: each update rounded to bf16, divided by its bf16 norm × 1.01
+    (tall ones transposed), bit for bit; so an update that differs only in its last fp32 bits (micro-
+    batches summed against the whole batch) gives the same stack, as here."""
+    gen = torch.Generator().manual_seed(5)
+    updates = [torch.randn(s, generator=gen) * 1e-3 for s in ((24, 80), (80, 24), (24, 80))]
+    tall = [u.shape[0] > u.shape[1] for u in updates]
+    got = kernel.muon_stack(updates, tall, 1.01, 1e-7)
+    x = torch.stack([u.T if t else u for u, t in zip(updates, tall)]).bfloat16()
+    want = x / (x.norm(dim=(1, 2), keepdim=True) * 1.01).clamp(min=1e-7)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    nudged = [u * (1 + 1e-7) for u in updates]  # the last bits of each update moved
+    assert torch.equal(kernel.muon_stack(nudged, tall, 1.01, 1e-7), got)
+
+
 def test_an_optimizer_made_after_the_kernels_are_turned_off_keeps_torchs_muon():
     model = _model()
     assert make_optimizer(model, TrainConfig(), "cpu").muon.use_kernel
