@@ -129,23 +129,28 @@ def self_check(module, seed: int = 0) -> float:
 
 def training_check(module, seed: int = 0) -> float:
     """Largest difference between the training kernels and their references (attention and
-    F.scaled_dot_product_attention, LayerNorm and F.layer_norm, GELU and F.gelu), output and
-    gradient, on random fp32 input (sizes no multiples of 16)."""
+    F.scaled_dot_product_attention, LayerNorm alone and after the residual add and F.layer_norm,
+    GELU and F.gelu: output and gradient; Muon's stack and torch's bf16 ops), on random fp32 input
+    (sizes no multiples of 16)."""
     import torch.nn.functional as F
-    from .train_kernels import attention, gelu, layer_norm, reference_attention
+    from .train_kernels import add_layer_norm, attention, gelu, layer_norm, reference_attention
     gen = torch.Generator().manual_seed(seed)
-    w, b = torch.randn(36, generator=gen), torch.randn(36, generator=gen)
+    w, b, a = torch.randn(36, generator=gen), torch.randn(36, generator=gen), torch.randn(2, 21, 36, generator=gen)
     pairs = [(torch.randn(2, 21, 3 * 36, generator=gen), lambda x: attention(x, 3, module),
               lambda x: reference_attention(x, 3)),
              (torch.randn(2, 21, 36, generator=gen), lambda x: layer_norm(x, w, b, 1e-5, module),
               lambda x: F.layer_norm(x, (36,), w, b, 1e-5)),
+             (torch.randn(2, 21, 36, generator=gen), lambda x: add_layer_norm(x, a, w, b, 1e-5, module)[1],
+              lambda x: F.layer_norm(x + a, (36,), w, b, 1e-5)),
              (3 * torch.randn(2, 21, 36, generator=gen), lambda x: gelu(x, module), F.gelu)]
     worst = 0.0
     for x, fast, ref in pairs:
         x.requires_grad_()
         (y1, g1), (y2, g2) = [(y.detach(), *torch.autograd.grad(y, x, torch.ones_like(y))) for y in (fast(x), ref(x))]
         worst = max(worst, (y1 - y2).abs().max().item(), (g1 - g2).abs().max().item())
-    return worst
+    u = torch.randn(36, 100, generator=gen)
+    want = u.bfloat16() / (u.bfloat16().norm() * 1.01).clamp(min=1e-7)
+    return max(worst, (module.muon_stack([u], [False], 1.01, 1e-7)[0].float() - want.float()).abs().max().item())
 
 
 def register(subparsers):
@@ -174,6 +179,6 @@ def _run(args) -> int:
         print(f"error: the kernels differ from the eager model: decoding logits by {worst:.2g}, "
               f"training kernels by {attn:.2g}", flush=True)
         return 1
-    print(f"checked against the eager model: decoding logits within {worst:.2g}, training attention, LayerNorm "
-          f"and GELU (output and gradient) within {attn:.2g}")
+    print(f"checked against the eager model: decoding logits within {worst:.2g}, training kernels (attention, "
+          f"LayerNorm, the residual add, GELU, Muon's stack) within {attn:.2g}")
     return 0

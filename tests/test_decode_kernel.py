@@ -147,4 +147,4 @@ def test_the_kernel_command_builds_and_checks(kernel, capsys):
     from minigpt.cli import main
     assert main(["kernel"]) == 0
     out = capsys.readouterr().out
-    assert "kernels" in out and "decoding logits within" in out and "training attention" in out
+    assert "kernels" in out and "decoding logits within" in out and "training kernels (attention, LayerNorm" in out
