@@ -55,13 +55,23 @@ def _load():
                 extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
 
 
+# The module once loaded, by the kernel folder it was found in ($MINIGPT_KERNEL_DIR as set then):
+# training asks for it at every layer's attention, norm and GELU and at each Muon step (~18 times a
+# step), and a `stat` of the build each time cost ~0.4 ms a step. Another folder is looked at afresh.
+_loaded: dict[str | None, object] = {}
+
+
 def load(build: bool = False):
     """The compiled module, or None: compiled now only if `build` (~30 s once), else only if built
     before. Raises RuntimeError with the compiler's reason when a requested build fails."""
+    folder = os.environ.get("MINIGPT_KERNEL_DIR")
+    if folder in _loaded:
+        return _loaded[folder]
     if not build and not is_built():
         return None
     try:
-        return _load()
+        module = _loaded[folder] = _load()
+        return module
     except Exception as e:  # a missing compiler or headers: the eager path still works
         if not build:
             return None

@@ -101,17 +101,19 @@ def _or_none(t: torch.Tensor | None) -> torch.Tensor:
     return _NONE if t is None else t.contiguous()
 
 
+def _training_on_cpu(x: torch.Tensor, dtypes: tuple) -> bool:
+    return torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in dtypes
+
+
+def _bf16_autocast() -> bool:
+    """True under CPU bf16 autocast: the norm then writes what the next Linear would cast to."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 def kernel_for(qkv: torch.Tensor, dropout: float):
     """The compiled module when it should run this attention: training (gradients on), on a CPU, fp32
     or bf16, no dropout, built. Else None (inference keeps SDPA, which is fast without gradients)."""
-    if (not torch.is_grad_enabled() or qkv.device.type != "cpu" or qkv.dtype not in (torch.float32, torch.bfloat16)
-            or dropout > 0):
-        return None
-    return decode_kernel.load()
-
-
-def _training_on_cpu(x: torch.Tensor, dtypes: tuple) -> bool:
-    return torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in dtypes
+    return decode_kernel.load() if dropout == 0 and _training_on_cpu(qkv, (torch.float32, torch.bfloat16)) else None
 
 
 def norm_kernel_for(x: torch.Tensor, weight: torch.Tensor | None):
@@ -130,9 +132,8 @@ def gelu_kernel_for(u: torch.Tensor):
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, module) -> torch.Tensor:
     """nn.LayerNorm over x's last dim through the compiled `module`: in bf16 under CPU bf16 autocast
     (what the Linear after it would cast it to), else in x's dtype (fp32)."""
-    bf16_out = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     flat = x.reshape(-1, x.size(-1)).contiguous()
-    return _LayerNorm.apply(flat, weight, bias, eps, bf16_out, module).view(x.shape)
+    return _LayerNorm.apply(flat, weight, bias, eps, _bf16_autocast(), module).view(x.shape)
 
 
 def add_layer_norm(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
@@ -141,10 +142,9 @@ def add_layer_norm(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias:
     sublayer's output a (fp32, or bf16 under autocast): x + a is fp32 as torch's promotion makes it,
     the norm as `layer_norm` gives it. One pass instead of the add, the norm, and their backward's
     cast and sum."""
-    bf16_out = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     C = x.size(-1)
     s, y = _AddLayerNorm.apply(x.reshape(-1, C).contiguous(), a.reshape(-1, C).contiguous(), weight, bias, eps,
-                               bf16_out, module)
+                               _bf16_autocast(), module)
     return s.view(x.shape), y.view(x.shape)
 
 
