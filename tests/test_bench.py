@@ -40,12 +40,34 @@ def test_bf16_decoding_is_measured_against_half_the_floor(results):
     from minigpt.device import cpu_has_native_bf16
     expected = results["decode_path"] == "kernel" or cpu_has_native_bf16()
     assert ("decode_step_ms_bf16" in results) == expected
+    weight_mb = bench.weight_bytes_per_token(TINY.gen_model) / 1e6
+    rows = [("", 1.0)] + ([("_bf16", 0.5)] if expected else [])
+    for suffix, share in rows:
+        floor = share * weight_mb / results[f"memory_bandwidth_gbs{suffix}"]
+        assert results[f"decode_floor_ms{suffix}"] == pytest.approx(floor, abs=1e-3)
+        # (the tiny model's floor rounds to nothing: compare with the unrounded floor)
+        assert results[f"decode_vs_floor{suffix}"] == pytest.approx(results[f"decode_step_ms{suffix}"] / floor, rel=0.1)
     if expected:
-        assert results["decode_floor_ms_bf16"] == pytest.approx(results["decode_floor_ms"] / 2, abs=1e-3)
-        # (the tiny model's floor rounds to nothing: compare through the steps, rounded to 1 µs)
-        ratio = 2 * results["decode_vs_floor"] * results["decode_step_ms_bf16"] / results["decode_step_ms"]
-        assert results["decode_vs_floor_bf16"] == pytest.approx(ratio, rel=0.1)
         assert "decode step vs its floor, bf16 weights" in bench.table(results, TINY)
+
+
+def test_each_decode_step_is_compared_with_its_own_rounds_bandwidth(monkeypatch):
+    """The bandwidth swings between rounds: a round's step is set against the floor measured in that
+    round, and the round closest to its floor is reported (every round's ratio is listed)."""
+    bandwidths = iter([10.0, 40.0])  # GB/s: round 1 slow memory, round 2 fast
+    steps = iter([2.0, 1.0, 9.0, 9.0, 1.5, 0.8, 9.0, 9.0])  # ms, per round: cache, cache_bf16, then the rest
+    monkeypatch.setattr(bench, "memory_bandwidth_gbs", lambda: next(bandwidths))
+    monkeypatch.setattr(bench, "train_tokens_per_s", lambda *a, **k: 1000.0)
+    monkeypatch.setattr(bench, "timed_generation", lambda *a, **k: (100.0, next(steps)))
+    monkeypatch.setattr(bench, "weight_bytes_per_token", lambda cfg: 10_000_000)  # 10 MB
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("minigpt.decode_kernel.load", lambda build=False: object())
+    r = bench.measure(replace(TINY, gen_rounds=2), device="cpu")
+    # fp32 floors 1.0 and 0.25 ms: ratios 2.0 and 6.0, so round 1 (slower step, slower memory)
+    assert (r["decode_step_ms"], r["decode_floor_ms"], r["memory_bandwidth_gbs"]) == (2.0, 1.0, 10.0)
+    assert r["decode_vs_floor"] == 2.0 and r["decode_vs_floor_rounds"] == [2.0, 6.0]
+    # bf16 floors 0.5 and 0.125 ms: ratios 2.0 and 6.4
+    assert (r["decode_step_ms_bf16"], r["decode_floor_ms_bf16"], r["decode_vs_floor_bf16"]) == (1.0, 0.5, 2.0)
 
 
 def test_the_decode_step_is_the_time_between_tokens(monkeypatch):
