@@ -517,6 +517,27 @@ std::vector<torch::Tensor> gelu_forward(torch::Tensor u) {
   return {y, d};
 }
 
+// dy · d (the saved derivative), both fp32 or both bf16, in their dtype: GELU's backward in one pass
+// over the elements (ATen's bf16 multiply widens and narrows through temporaries, ~4x slower).
+torch::Tensor gelu_backward(torch::Tensor dy, torch::Tensor d) {
+  TORCH_CHECK(dy.device().is_cpu() && dy.is_contiguous() && d.is_contiguous() && dy.sizes() == d.sizes() &&
+              dy.scalar_type() == d.scalar_type() &&
+              (dy.scalar_type() == torch::kFloat || dy.scalar_type() == torch::kBFloat16),
+              "dy and d must be contiguous CPU tensors of one shape, both float32 or both bfloat16");
+  auto dx = torch::empty_like(dy);
+  dispatch(dy, [&](auto tag) {
+    using T = decltype(tag);
+    const T *g = data<T>(dy), *s = data<T>(d);
+    T* out = data<T>(dx);
+    at::parallel_for(0, dy.numel(), 1 << 14, [&](int64_t i0, int64_t i1) {
+      int64_t i = i0;
+      for (; i + W <= i1; i += W) store16(out + i, load16(g + i) * load16(s + i));
+      for (; i < i1; ++i) from_f32(to_f32(g[i]) * to_f32(s[i]), out[i]);
+    });
+  });
+  return dx;
+}
+
 // ---- Muon ------------------------------------------------------------------------------------------
 
 namespace {

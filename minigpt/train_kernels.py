@@ -13,7 +13,7 @@ output in bf16 under autocast, which is what the next Linear takes (ATen's write
 copies it to bf16, and back again for the gradient); `add_layer_norm(x, a, ...)` is the residual add
 before it and the norm in one pass (the block's `x = x + attn(...)`, then `ln_2(x)`).
 `gelu(u, module)` is F.gelu, its derivative computed with it (one erf, whose exp gives the derivative
-too) and kept, so the backward is a product instead of erf and exp again. (Muon's stack and update,
+too) and kept, so the backward is one pass of products (dy · derivative) instead of erf and exp again. (Muon's stack and update,
 in the same C++ file, are called by minigpt/optim.py's BatchedMuon.)
 """
 
@@ -86,12 +86,13 @@ class _Gelu(torch.autograd.Function):
     def forward(ctx, u, module):
         y, slope = module.gelu_forward(u)
         ctx.save_for_backward(slope)
+        ctx.module = module
         return y
 
     @staticmethod
     def backward(ctx, dy):
         (slope,) = ctx.saved_tensors
-        return dy * slope, None
+        return ctx.module.gelu_backward(dy.contiguous(), slope), None  # dy · slope, in y's dtype
 
 
 _NONE = torch.empty(0)  # "none" to the kernel (no bias, no residual)

@@ -145,6 +145,16 @@ def test_gelu_equals_f_gelu_forward_and_backward(kernel, dtype, tol):
     assert ((x.grad.double() - ref.grad).abs() <= 2 * tol * (1 + ref.grad.abs())).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gelus_backward_is_torchs_product_bit_for_bit(kernel, dtype):
+    """The backward's one pass (dy · saved derivative) rounds as torch's multiply does, across
+    several threads' chunks and a tail no multiple of 16."""
+    gen = torch.Generator().manual_seed(2)
+    dy, d = (torch.randn(3 * 2 ** 14 + 7, generator=gen).to(dtype) for _ in range(2))
+    got = kernel.gelu_backward(dy, d)
+    assert got.dtype == dtype and torch.equal(got, dy * d)
+
+
 def _model(seed=0, **kw):
     torch.manual_seed(seed)
     return build_model(GPTConfig(**{**dict(vocab_size=40, block_size=20, n_layer=2, n_head=4, n_embd=32), **kw}))
