@@ -21,7 +21,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .data import DataError, data_dir, load_text
 from .decode_batcher import DecodeBatcher
-from .device import pick_device
+from .device import pick_device, pick_precision
 from .estimate import Estimate, SpeedModel, estimate
 from .limits import Limits
 from .session import ModelRef, Session
@@ -47,7 +47,7 @@ class Playground:
         self.idle_seconds = idle_seconds
         self.device = pick_device(device)
         self.threads = torch.get_num_threads()  # what training uses (as the CLI does)
-        self.speed = SpeedModel(self.device)
+        self.speed = SpeedModel(self.device, pick_precision(self.device).dtype)  # the dtype a run's "auto" takes
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._shipped: ModelRef | None = None

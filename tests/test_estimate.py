@@ -55,3 +55,17 @@ def test_the_bigram_estimate_says_adamw_trains_it_whatever_the_knob():
     notes = pg.estimate(TrainSpec(model="bigram", optimizer="muon")).notes
     assert any("AdamW trains it" in n for n in notes)
     assert not any("AdamW trains it" in n for n in pg.estimate(TrainSpec(model="bigram", optimizer="adamw")).notes)
+
+
+def test_the_step_time_prior_follows_the_dtype_training_will_use():
+    """On a CPU with native bf16 training runs under bf16 autocast, about twice fp32's rate: the page's
+    prior step time (before any run calibrates it) is the bf16 one there, fp32's elsewhere."""
+    from minigpt.device import pick_precision
+    from minigpt.estimate import SpeedModel
+    cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    fp32, bf16 = SpeedModel("cpu").step_seconds(cfg, 48), SpeedModel("cpu", "bfloat16").step_seconds(cfg, 48)
+    assert bf16 < 0.6 * fp32
+    assert SpeedModel("cuda", "bfloat16").step_seconds(cfg, 48) == SpeedModel("cuda").step_seconds(cfg, 48)
+    pg = Playground(device="cpu")
+    want = bf16 if pick_precision("cpu").dtype == "bfloat16" else fp32
+    assert pg.speed.step_seconds(cfg, 48) == pytest.approx(want)
