@@ -147,11 +147,18 @@ class ThreadTuner:
     such steps cost ~3% of a 25-s run, 3 of them a sixth of that. `restore()` puts torch's setting
     back. Call `tick()` after each step and `pause()` before any other work (evaluation, sampling),
     so that only training steps are timed.
+
+    `pin` (train_kernels.thread_pinner()), when given, keeps each thread on a core of its own while
+    all of them run (`pin(True)`), and lets them go anywhere on half the threads and after `restore()`:
+    a lone thread must be free to move off a core that other work has taken.
     """
 
-    def __init__(self, window: int = 20, every: int = 400, settle: int = 3):
+    def __init__(self, window: int = 20, every: int = 400, settle: int = 3, pin=None):
         import torch
         n = torch.get_num_threads()
+        self.pin = pin
+        if pin is not None:
+            pin(True)
         self.original = n
         self.choices = [n, max(1, n // 2)]
         self.per_step = [None, None]  # seconds per step last seen on each choice
@@ -204,7 +211,11 @@ class ThreadTuner:
             self.current = i
             import torch
             torch.set_num_threads(self.choices[i])
+            if self.pin is not None:
+                self.pin(i == 0)
 
     def restore(self):
         import torch
         torch.set_num_threads(self.original)
+        if self.pin is not None:
+            self.pin(False)

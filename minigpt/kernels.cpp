@@ -15,6 +15,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_norm_backward", &layer_norm_backward, "LayerNorm's (dx, dweight, dbias, dx in bf16), the residual's gradient added");
   m.def("gelu_forward", &gelu_forward, "GELU for training: (gelu(u), its derivative)");
   m.def("gelu_backward", &gelu_backward, "GELU's backward: dy times the saved derivative, in their dtype");
+  m.def("set_team_affinity", &set_team_affinity, "the CPUs each thread of the calling thread's OpenMP team may run on");
   m.def("muon_stack", &muon_stack, "Muon: the normalised bf16 stack of one shape's updates (tall ones transposed)");
   m.def("muon_apply", &muon_apply, "Muon: params = params * decay + scale * ortho, in place");
 }

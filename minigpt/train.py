@@ -146,9 +146,10 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
     trains on its share of every batch through DDP; only rank 0 evaluates and samples, and the ranks
     agree on every stop so they leave the loop together.
     """
-    # On a CPU, keep the thread count that runs fastest right now (see ThreadTuner); a torchrun job
-    # sets its own threads per process.
-    tuner = ThreadTuner() if team is None and run.precision.device == "cpu" else None
+    # On a CPU, keep the thread count that runs fastest right now (see ThreadTuner), each thread on a
+    # core of its own while all of them run (with the kernels); a torchrun job sets its own threads.
+    tuner = (ThreadTuner(pin=train_kernels.thread_pinner(run.model)) if team is None and run.precision.device == "cpu"
+             else None)
     keep_freed_memory()  # a step's activations are reused, not faulted in again (4-20% of a CPU step)
     try:
         yield from _train(run, cfg, stop, limits, team, tuner)

@@ -17,6 +17,10 @@
 // nn.LayerNorm and F.gelu are the references they are tested against (tests/test_train_kernels.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <omp.h>
+#ifdef __linux__
+#include <sched.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -536,6 +540,29 @@ torch::Tensor gelu_backward(torch::Tensor dy, torch::Tensor d) {
     });
   });
   return dx;
+}
+
+// ---- Threads ---------------------------------------------------------------------------------------
+
+// Sets the CPU affinity of each thread of the calling thread's OpenMP team, the threads torch's CPU
+// ops and these kernels run on: thread t may run on cpus[t % cpus.size()]. Returns the team's size,
+// or 0 where it could not (not Linux, or the system refused).
+int64_t set_team_affinity(std::vector<std::vector<int64_t>> cpus) {
+#ifdef __linux__
+  TORCH_CHECK(!cpus.empty(), "one list of CPUs at least");
+  const int n = at::get_num_threads();
+  int ok = 1;
+#pragma omp parallel num_threads(n) reduction(min : ok)
+  {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (const int64_t c : cpus[omp_get_thread_num() % cpus.size()]) CPU_SET(static_cast<int>(c), &set);
+    ok = sched_setaffinity(0, sizeof set, &set) == 0;
+  }
+  return ok ? n : 0;
+#else
+  return 0;
+#endif
 }
 
 // ---- Muon ------------------------------------------------------------------------------------------

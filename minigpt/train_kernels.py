@@ -19,6 +19,8 @@ in the same C++ file, are called by minigpt/optim.py's BatchedMuon.)
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import decode_kernel
@@ -152,6 +154,28 @@ def add_layer_norm(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias:
 def gelu(u: torch.Tensor, module) -> torch.Tensor:
     """F.gelu(u) (exact, erf) through the compiled `module`, in u's dtype."""
     return _Gelu.apply(u.contiguous(), module)
+
+
+def thread_pinner(model=None):
+    """A function `pin(on)` that puts each of torch's CPU threads (the calling thread's team) on a CPU
+    of its own (on=True) or lets them all run anywhere again (False), or None where that is not safe
+    or possible: not Linux, the kernels not built or not allowed for `model`
+    (GPT.set_training_kernels), or not exactly one torch thread per CPU this thread may use (with
+    fewer threads than CPUs two could share one core's SMT siblings).
+
+    Why: on the 2-core build machine the scheduler moves the training threads between cores; pinned,
+    a step ran 3-5% faster (one process, pinned and free rounds alternating: 1.03 median of 5).
+    """
+    module = decode_kernel.load()
+    if module is None or not hasattr(os, "sched_getaffinity") or not getattr(model, "training_kernels", True):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or torch.get_num_threads() != len(cpus):
+        return None
+
+    def pin(on: bool) -> None:
+        module.set_team_affinity([[c] for c in cpus] if on else [cpus])
+    return pin
 
 
 def used_by(model) -> bool:

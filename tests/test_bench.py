@@ -188,6 +188,24 @@ def test_thread_tuner_gives_up_a_slower_probe_early(monkeypatch, one_thread, win
     assert 1 <= probe_steps <= most
 
 
+def test_thread_tuner_pins_only_while_all_threads_run(monkeypatch):
+    """Pinned at the start (every thread on a core of its own), let go on half the threads (a lone
+    thread must be able to leave a busy core) and after restore()."""
+    device, clock, calls = fake_threads(monkeypatch, 2)
+    pins = []
+    tuner = device.ThreadTuner(window=5, every=1000, settle=3, pin=pins.append)
+    assert pins == [True]
+    cost = {2: 1.0, 1: 0.5}  # a busy machine: one thread runs faster, so the probe keeps it
+    threads = 2
+    for _ in range(30):
+        clock["t"] += cost[threads]
+        tuner.tick()
+        threads = calls[-1] if calls else 2
+    assert calls == [1] and pins == [True, False]
+    tuner.restore()
+    assert calls == [1, 2] and pins == [True, False, False]
+
+
 def test_one_thread_machine_needs_no_tuning(monkeypatch):
     import torch
 

@@ -1,5 +1,9 @@
 """The compiled training attention, LayerNorm and GELU against F.scaled_dot_product_attention,
-nn.LayerNorm, F.gelu and the eager model."""
+nn.LayerNorm, F.gelu and the eager model; the training threads' placement."""
+
+import os
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +157,59 @@ def test_gelus_backward_is_torchs_product_bit_for_bit(kernel, dtype):
     dy, d = (torch.randn(3 * 2 ** 14 + 7, generator=gen).to(dtype) for _ in range(2))
     got = kernel.gelu_backward(dy, d)
     assert got.dtype == dtype and torch.equal(got, dy * d)
+
+
+def _masks() -> dict[int, str]:
+    """Each thread of this process: the CPUs it may run on (Linux's Cpus_allowed_list)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        status = Path(f"/proc/self/task/{tid}/status").read_text()
+        out[int(tid)] = next(line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+    return out
+
+
+def test_set_team_affinity_places_each_of_torchs_threads(kernel):
+    """Every thread of the team (the threads torch's CPU ops run on) gets the CPUs it is given, and
+    the same call puts them back: here two threads on the first CPU, then anywhere again."""
+    cpus = sorted(os.sched_getaffinity(0))
+    before, threads = _masks(), torch.get_num_threads()
+    mine = before[threading.get_native_id()]
+    torch.set_num_threads(2)
+    try:
+        torch.ones(1 << 20).sum()  # start the team
+        assert kernel.set_team_affinity([[cpus[0]]]) == 2
+        pinned = [tid for tid, m in _masks().items() if m == str(cpus[0])]
+        assert threading.get_native_id() in pinned and len(pinned) >= 2
+        assert kernel.set_team_affinity([cpus]) == 2
+        assert all(m == before.get(tid, mine) for tid, m in _masks().items())  # (new threads: this one's)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_training_pins_its_threads_while_it_runs_and_lets_them_go_after(kernel):
+    """With one torch thread per CPU, a training run keeps this thread on one CPU while it steps;
+    after the run every thread may run anywhere again. (On one CPU there is nothing to pin.)"""
+    from minigpt.bench import _char_tokenizer, _synthetic_ids
+    from minigpt.data import Splits
+    from minigpt.train import Run, Step, TrainConfig, train
+    cpus = sorted(os.sched_getaffinity(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(cpus))
+    try:
+        before = _masks()
+        mine = before[threading.get_native_id()]
+        ids = _synthetic_ids(5000, 40)
+        run = Run.create(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=32), _char_tokenizer(40),
+                         Splits(train=ids, val=ids[:0]), dtype="float32")
+        during = {len(os.sched_getaffinity(0)) for ev in train(run, TrainConfig(max_iters=5, eval_interval=10, sample_every=0))
+                  if isinstance(ev, Step)}
+        assert during == {1 if len(cpus) > 1 else len(cpus)}
+        assert (train_kernels.thread_pinner(run.model) is None) == (len(cpus) == 1)
+        assert all(m == before.get(tid, mine) for tid, m in _masks().items())
+        run.model.set_training_kernels(False)  # "no compiled kernels": nothing pinned either
+        assert train_kernels.thread_pinner(run.model) is None
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _model(seed=0, **kw):
