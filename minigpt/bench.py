@@ -310,7 +310,8 @@ def measure(sizes: Sizes = FULL, baseline: bool = False, log=None, device: str =
     for kind, suffix, share in (("cache", "", 1.0), ("cache_bf16", "_bf16", 0.5)):
         if kind not in step:
             continue
-        floors = [share * weight_mb / bw for bw in bandwidths]  # MB / (GB/s) = ms; unrounded (a tiny model's rounds to 0)
+        # MB / (GB/s) = ms; unrounded, as a tiny model's floor rounds to 0
+        floors = [share * weight_mb / bw for bw in bandwidths]
         ratios = [s / f for s, f in zip(step[kind], floors)]
         r = min(range(len(ratios)), key=ratios.__getitem__)  # the best round, as for every speed here
         out[f"decode_step_ms{suffix}"] = round(step[kind][r], 3)

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512BF16__) || defined(__AVX512F__)
+#ifdef __AVX512BF16__
 #include <immintrin.h>
 #endif
 
@@ -107,21 +107,6 @@ inline vf vexp(vf x) {
   return exp_reduced(r) * scale;
 }
 
-// 1 / x for 16 floats, to fp32's precision: where there is AVX-512, its 14-bit estimate and one
-// Newton step (a division is ~5x the cost, and erf's inside GELU is its largest single cost).
-inline vf vrcp(vf x) {
-#ifdef __AVX512F__
-  __m512 m;
-  std::memcpy(&m, &x, sizeof m);
-  vf r;
-  const __m512 e = _mm512_rcp14_ps(m);
-  std::memcpy(&r, &e, sizeof r);
-  return r * (splat(2.0f) - x * r);
-#else
-  return splat(1.0f) / x;
-#endif
-}
-
 // erf for 16 floats (Abramowitz & Stegun 7.1.26, as ATen's vectorised erf): within 1.5e-7. It
 // computes e^(-x²) on the way, which it leaves in `gauss` (GELU's derivative needs it too).
 inline vf verf(vf x, vf& gauss) {
@@ -132,7 +117,7 @@ inline vf verf(vf x, vf& gauss) {
   u &= 0x7fffffffu;
   vf a;
   std::memcpy(&a, &u, sizeof a);
-  const vf t = vrcp(splat(1.0f) + splat(0.3275911f) * a);
+  const vf t = splat(1.0f) / (splat(1.0f) + splat(0.3275911f) * a);
   vf r = splat(1.061405429f);
   r = r * t + splat(-1.453152027f);
   r = r * t + splat(1.421413741f);

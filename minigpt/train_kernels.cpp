@@ -522,7 +522,7 @@ std::vector<torch::Tensor> gelu_forward(torch::Tensor u) {
 }
 
 // dy · d (the saved derivative), both fp32 or both bf16, in their dtype: GELU's backward in one pass
-// over the elements (ATen's bf16 multiply widens and narrows through temporaries, ~4x slower).
+// over the elements (1.57 M bf16 elements: ~120 µs, ATen's multiply ~150).
 torch::Tensor gelu_backward(torch::Tensor dy, torch::Tensor d) {
   TORCH_CHECK(dy.device().is_cpu() && dy.is_contiguous() && d.is_contiguous() && dy.sizes() == d.sizes() &&
               dy.scalar_type() == d.scalar_type() &&

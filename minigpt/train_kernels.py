@@ -13,8 +13,8 @@ output in bf16 under autocast, which is what the next Linear takes (ATen's write
 copies it to bf16, and back again for the gradient); `add_layer_norm(x, a, ...)` is the residual add
 before it and the norm in one pass (the block's `x = x + attn(...)`, then `ln_2(x)`).
 `gelu(u, module)` is F.gelu, its derivative computed with it (one erf, whose exp gives the derivative
-too) and kept, so the backward is one pass of products (dy · derivative) instead of erf and exp again. (Muon's stack and update,
-in the same C++ file, are called by minigpt/optim.py's BatchedMuon.)
+too) and kept, so the backward is one pass of products (dy · derivative) instead of erf and exp
+again. (Muon's stack and update, in the same C++ file, are called by minigpt/optim.py's BatchedMuon.)
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ def thread_pinner(model=None):
     fewer threads than CPUs two could share one core's SMT siblings).
 
     Why: on the 2-core build machine the scheduler moves the training threads between cores; pinned,
-    a step ran 3-5% faster (one process, pinned and free rounds alternating: 1.03 median of 5).
+    a step ran 2-3% faster (one process, pinned and free rounds alternating: a median of 1.02-1.03
+    over 11 rounds).
     """
     module = decode_kernel.load()
     if module is None or not hasattr(os, "sched_getaffinity") or not getattr(model, "training_kernels", True):

@@ -201,8 +201,8 @@ def test_training_pins_its_threads_while_it_runs_and_lets_them_go_after(kernel):
         ids = _synthetic_ids(5000, 40)
         run = Run.create(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=32), _char_tokenizer(40),
                          Splits(train=ids, val=ids[:0]), dtype="float32")
-        during = {len(os.sched_getaffinity(0)) for ev in train(run, TrainConfig(max_iters=5, eval_interval=10, sample_every=0))
-                  if isinstance(ev, Step)}
+        cfg = TrainConfig(max_iters=5, eval_interval=10, sample_every=0)
+        during = {len(os.sched_getaffinity(0)) for ev in train(run, cfg) if isinstance(ev, Step)}
         assert during == {1 if len(cpus) > 1 else len(cpus)}
         assert (train_kernels.thread_pinner(run.model) is None) == (len(cpus) == 1)
         assert all(m == before.get(tid, mine) for tid, m in _masks().items())
