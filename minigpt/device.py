@@ -148,7 +148,7 @@ class ThreadTuner:
     back. Call `tick()` after each step and `pause()` before any other work (evaluation, sampling),
     so that only training steps are timed.
 
-    `pin` (train_kernels.thread_pinner()), when given, keeps each thread on a core of its own while
+    `pin` (train_kernels.thread_pinner(model)), when given, keeps each thread on a core of its own while
     all of them run (`pin(True)`), and lets them go anywhere on half the threads and after `restore()`:
     a lone thread must be free to move off a core that other work has taken.
     """

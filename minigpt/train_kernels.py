@@ -156,7 +156,7 @@ def gelu(u: torch.Tensor, module) -> torch.Tensor:
     return _Gelu.apply(u.contiguous(), module)
 
 
-def thread_pinner(model=None):
+def thread_pinner(model):
     """A function `pin(on)` that puts each of torch's CPU threads (the calling thread's team) on a CPU
     of its own (on=True) or lets them all run anywhere again (False), or None where that is not safe
     or possible: not Linux, the kernels not built or not allowed for `model`

@@ -168,12 +168,17 @@ def _masks() -> dict[int, str]:
     return out
 
 
+def _free_again(before: dict[int, str]) -> bool:
+    """Every thread may run where it could in `before` (one started since: where this thread could)."""
+    mine = before[threading.get_native_id()]
+    return all(m == before.get(tid, mine) for tid, m in _masks().items())
+
+
 def test_set_team_affinity_places_each_of_torchs_threads(kernel):
     """Every thread of the team (the threads torch's CPU ops run on) gets the CPUs it is given, and
     the same call puts them back: here two threads on the first CPU, then anywhere again."""
     cpus = sorted(os.sched_getaffinity(0))
     before, threads = _masks(), torch.get_num_threads()
-    mine = before[threading.get_native_id()]
     torch.set_num_threads(2)
     try:
         torch.ones(1 << 20).sum()  # start the team
@@ -181,7 +186,7 @@ def test_set_team_affinity_places_each_of_torchs_threads(kernel):
         pinned = [tid for tid, m in _masks().items() if m == str(cpus[0])]
         assert threading.get_native_id() in pinned and len(pinned) >= 2
         assert kernel.set_team_affinity([cpus]) == 2
-        assert all(m == before.get(tid, mine) for tid, m in _masks().items())  # (new threads: this one's)
+        assert _free_again(before)
     finally:
         torch.set_num_threads(threads)
 
@@ -197,7 +202,6 @@ def test_training_pins_its_threads_while_it_runs_and_lets_them_go_after(kernel):
     torch.set_num_threads(len(cpus))
     try:
         before = _masks()
-        mine = before[threading.get_native_id()]
         ids = _synthetic_ids(5000, 40)
         run = Run.create(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=32), _char_tokenizer(40),
                          Splits(train=ids, val=ids[:0]), dtype="float32")
@@ -205,7 +209,7 @@ def test_training_pins_its_threads_while_it_runs_and_lets_them_go_after(kernel):
         during = {len(os.sched_getaffinity(0)) for ev in train(run, cfg) if isinstance(ev, Step)}
         assert during == {1 if len(cpus) > 1 else len(cpus)}
         assert (train_kernels.thread_pinner(run.model) is None) == (len(cpus) == 1)
-        assert all(m == before.get(tid, mine) for tid, m in _masks().items())
+        assert _free_again(before)
         run.model.set_training_kernels(False)  # "no compiled kernels": nothing pinned either
         assert train_kernels.thread_pinner(run.model) is None
     finally:
