@@ -16,9 +16,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from . import hugepages
 
 # kernels.cpp includes the others (one translation unit); all of them make the build's name.
 SOURCES = tuple(Path(__file__).with_name(name)
@@ -95,16 +99,50 @@ class Decoder:
             tensors += [*pair(block.ln_1), *pair(a.c_attn), *pair(a.c_proj), *pair(getattr(block, "ln_2", None)),
                         *pair(m and m.c_fc), *pair(m and m.c_proj)]
         tensors += pair(tr.ln_f)
-        # Views of the parameters, not copies: training in place is seen by the next step.
+        # Views of the parameters: training in place is seen by the next step. A large model's
+        # weights are read from copies in huge pages instead, which the step keeps up to date.
         self.plan_tensors = [none if t is None else t.detach() for t in tensors]
         self.plan_args = (cfg.n_layer, cfg.n_head, NORM_CODES[cfg.norm], cfg.residual, cfg.mlp,
                           ACTIVATION_CODES[cfg.activation], NORM_EPS)
-        self.plan = module.DecodePlan(self.plan_tensors, *self.plan_args)
+        held = _copies(model, self.plan_tensors)
+        self.plan = (module.DecodePlan(held.copies, *self.plan_args, sources=self.plan_tensors, seen=held.seen)
+                     if held else module.DecodePlan(self.plan_tensors, *self.plan_args))
+        self.plan.refresh()  # what changed since the last generation is copied now, not in the first step
 
     def step(self, token: int, cache) -> torch.Tensor:
         logits = self.plan.step(token, cache.pos, cache.k, cache.v)
         cache.advance(1)
         return logits
+
+
+# Weights of at least this many bytes are read from copies in huge pages (minigpt/hugepages.py): a
+# smaller model's pages all fit in the TLB (this CPU's holds 3,072 of 4 KiB, 12 MB).
+COPY_MIN_BYTES = 8 << 20
+
+
+@dataclass
+class _Copies:
+    sources: list  # the tensors copied (kept: their storage cannot be reused while they are compared)
+    copies: list
+    seen: torch.Tensor  # each source's version when last copied, -1 never: the step's to keep
+
+
+_held: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its _Copies
+
+
+def _copies(model, tensors: list[torch.Tensor]) -> _Copies | None:
+    """Copies in huge pages of a large model's weights, made once per model and kept (a new set when
+    a parameter was replaced, not changed in place); None for a small model or where the OS has no
+    huge pages."""
+    if sum(t.numel() * t.element_size() for t in tensors) < COPY_MIN_BYTES or not hugepages.available():
+        return None
+    held = _held.get(model)
+    if held is None or len(held.sources) != len(tensors) or any(
+            a.data_ptr() != b.data_ptr() or a.shape != b.shape or a.dtype != b.dtype
+            for a, b in zip(held.sources, tensors)):
+        held = _held[model] = _Copies(list(tensors), hugepages.copies(tensors),
+                                      torch.full((len(tensors),), -1, dtype=torch.int64))
+    return held
 
 
 def decoder_for(model, cache, build: bool = False) -> Decoder | None:

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -25,10 +26,16 @@
 // without position embeddings), then per layer ln_1 weight, ln_1 bias, c_attn weight, c_attn bias,
 // attn c_proj weight, its bias, ln_2 weight, ln_2 bias, c_fc weight, its bias, mlp c_proj weight,
 // its bias (empty tensors for what the model has not), then ln_f weight and bias. It keeps the
-// tensors (views of the parameters, so training in place is seen) and their data pointers: a step
-// then costs no conversion of ~75 tensors from Python.
+// tensors (views of the parameters, so training in place is seen, or copies of them: below) and
+// their data pointers: a step then costs no conversion of ~75 tensors from Python.
+//
+// Copies: with `sources` (the parameters, one per weight), `w` are copies of them (in huge pages:
+// minigpt/hugepages.py), and `seen` (int64, one per weight) holds each source's version when last
+// copied (-1: never). Each step first copies the sources whose version moved, so training in place
+// is seen by the next step as with views.
 struct DecodePlan {
-  std::vector<torch::Tensor> w;
+  std::vector<torch::Tensor> w, sources;
+  torch::Tensor seen;
   std::vector<const void*> ptrs;
   int64_t n_layer, n_head, norm, act, vocab, width, positions;  // positions: wpe's rows (0: none)
   bool residual, mlp;
@@ -36,10 +43,12 @@ struct DecodePlan {
   torch::ScalarType type;
 
   DecodePlan(std::vector<torch::Tensor> weights, int64_t n_layer, int64_t n_head, int64_t norm, bool residual,
-             bool mlp, int64_t act, double eps);
+             bool mlp, int64_t act, double eps, std::vector<torch::Tensor> sources, std::optional<torch::Tensor> seen);
   // The logits (vocab) of `token` at position `pos`, writing its keys and values into the caches
   // (n_layer, 1, n_head, block, head_size) at `pos`.
-  torch::Tensor step(int64_t token, int64_t pos, torch::Tensor kcache, torch::Tensor vcache) const;
+  torch::Tensor step(int64_t token, int64_t pos, torch::Tensor kcache, torch::Tensor vcache);
+  // Copies what changed in the sources since it was last copied (nothing without sources).
+  void refresh();
 };
 
 namespace {
@@ -240,8 +249,9 @@ torch::Tensor step(const DecodePlan& plan, int64_t token, int64_t pos, torch::Te
 }  // namespace
 
 DecodePlan::DecodePlan(std::vector<torch::Tensor> weights, int64_t n_layer_, int64_t n_head_, int64_t norm_,
-                       bool residual_, bool mlp_, int64_t act_, double eps_)
-    : w(std::move(weights)), n_layer(n_layer_), n_head(n_head_), norm(norm_), act(act_), residual(residual_),
+                       bool residual_, bool mlp_, int64_t act_, double eps_, std::vector<torch::Tensor> sources_,
+                       std::optional<torch::Tensor> seen_)
+    : w(std::move(weights)), sources(std::move(sources_)), n_layer(n_layer_), n_head(n_head_), norm(norm_), act(act_), residual(residual_),
       mlp(mlp_), eps(eps_) {
   TORCH_CHECK(n_layer >= 1 && n_head >= 1 && static_cast<int64_t>(w.size()) == 4 + 12 * n_layer,
               "expected ", 4 + 12 * n_layer, " weights for ", n_layer, " layers, got ", w.size());
@@ -266,9 +276,26 @@ DecodePlan::DecodePlan(std::vector<torch::Tensor> weights, int64_t n_layer_, int
     ptrs.push_back(t.numel() ? t.data_ptr() : nullptr);
   }
   positions = w[1].numel() / C;
+  if (sources.empty()) return;
+  TORCH_CHECK(sources.size() == w.size() && seen_ && seen_->scalar_type() == torch::kInt64 && seen_->is_contiguous() &&
+              seen_->numel() == static_cast<int64_t>(w.size()), "copies need one source and one version per weight");
+  seen = *seen_;
+  for (size_t i = 0; i < w.size(); ++i)
+    TORCH_CHECK(sources[i].numel() == w[i].numel() && (!w[i].numel() || (sources[i].scalar_type() == type &&
+                sources[i].is_contiguous() && sources[i].device().is_cpu())), "source ", i, " is not its weight's shape");
 }
 
-torch::Tensor DecodePlan::step(int64_t token, int64_t pos, torch::Tensor kcache, torch::Tensor vcache) const {
+void DecodePlan::refresh() {
+  int64_t* version = sources.empty() ? nullptr : seen.data_ptr<int64_t>();
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const auto& s = sources[i];
+    if (!s.numel() || s._version() == version[i]) continue;
+    std::memcpy(const_cast<void*>(ptrs[i]), s.data_ptr(), s.numel() * s.element_size());
+    version[i] = s._version();
+  }
+}
+
+torch::Tensor DecodePlan::step(int64_t token, int64_t pos, torch::Tensor kcache, torch::Tensor vcache) {
   const int64_t block = kcache.size(3);
   // Out of range would read or write past the tables and the caches: refuse instead.
   TORCH_CHECK(token >= 0 && token < vocab, "token ", token, " is outside the vocabulary of ", vocab);
@@ -278,6 +305,7 @@ torch::Tensor DecodePlan::step(int64_t token, int64_t pos, torch::Tensor kcache,
               kcache.size(2) == n_head && kcache.size(4) == width / n_head && vcache.sizes() == kcache.sizes(),
               "the caches must be contiguous (n_layer, 1, n_head, block, head_size)");
   TORCH_CHECK(kcache.scalar_type() == type && vcache.scalar_type() == type, "the caches must have the weights' dtype");
+  refresh();
   return type == torch::kBFloat16 ? ::step<bf16>(*this, token, pos, kcache, vcache)
                                   : ::step<float>(*this, token, pos, kcache, vcache);
 }

@@ -7,8 +7,13 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<DecodePlan>(m, "DecodePlan", py::module_local(), "a model's weights for the decoding step (batch 1, CPU, fp32 or bf16)")
-      .def(py::init<std::vector<torch::Tensor>, int64_t, int64_t, int64_t, bool, bool, int64_t, double>())
-      .def("step", &DecodePlan::step, "the next-token logits of one token, its keys and values written into the caches");
+      .def(py::init<std::vector<torch::Tensor>, int64_t, int64_t, int64_t, bool, bool, int64_t, double,
+                    std::vector<torch::Tensor>, std::optional<torch::Tensor>>(),
+           py::arg("weights"), py::arg("n_layer"), py::arg("n_head"), py::arg("norm"), py::arg("residual"),
+           py::arg("mlp"), py::arg("act"), py::arg("eps"), py::arg("sources") = std::vector<torch::Tensor>{},
+           py::arg("seen") = py::none())
+      .def("step", &DecodePlan::step, "the next-token logits of one token, its keys and values written into the caches")
+      .def("refresh", &DecodePlan::refresh, "copy the sources changed since they were last copied (with copies)");
   m.def("attention_forward", &attention_forward, "causal self-attention for training: (y, probs) from c_attn's output");
   m.def("attention_backward", &attention_backward, "the gradient of c_attn's output from (qkv, y, probs, dy)");
   m.def("layer_norm_forward", &layer_norm_forward, "LayerNorm for training, after a residual add if given: (y, mean, rstd, sum)");

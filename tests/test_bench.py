@@ -56,7 +56,7 @@ def test_each_decode_step_is_compared_with_its_own_rounds_bandwidth(monkeypatch)
     round, and the round closest to its floor is reported (every round's ratio is listed)."""
     bandwidths = iter([10.0, 40.0])  # GB/s: round 1 slow memory, round 2 fast
     steps = iter([2.0, 1.0, 9.0, 9.0, 1.5, 0.8, 9.0, 9.0])  # ms, per round: cache, cache_bf16, then the rest
-    monkeypatch.setattr(bench, "memory_bandwidth_gbs", lambda: next(bandwidths))
+    monkeypatch.setattr(bench, "memory_bandwidth_gbs", lambda huge_pages=True: next(bandwidths) if huge_pages else 5.0)
     monkeypatch.setattr(bench, "train_tokens_per_s", lambda *a, **k: 1000.0)
     monkeypatch.setattr(bench, "timed_generation", lambda *a, **k: (100.0, next(steps)))
     monkeypatch.setattr(bench, "weight_bytes_per_token", lambda cfg: 10_000_000)  # 10 MB
@@ -66,6 +66,7 @@ def test_each_decode_step_is_compared_with_its_own_rounds_bandwidth(monkeypatch)
     # fp32 floors 1.0 and 0.25 ms: ratios 2.0 and 6.0, so round 1 (slower step, slower memory)
     assert (r["decode_step_ms"], r["decode_floor_ms"], r["memory_bandwidth_gbs"]) == (2.0, 1.0, 10.0)
     assert r["decode_vs_floor"] == 2.0 and r["decode_vs_floor_rounds"] == [2.0, 6.0]
+    assert r["memory_bandwidth_gbs_4k_pages"] == 5.0  # shown beside, never the floor
     # bf16 floors 0.5 and 0.125 ms: ratios 2.0 and 6.4
     assert (r["decode_step_ms_bf16"], r["decode_floor_ms_bf16"], r["decode_vs_floor_bf16"]) == (1.0, 0.5, 2.0)
 
@@ -320,3 +321,4 @@ def test_decode_floor_counts_each_weight_once():
     want = (6 * per_layer + 65 * 384 + 384 + 384) * 4  # + the tied embedding/head, a position row, ln_f
     assert bench.weight_bytes_per_token(cfg) == want
     assert bench.memory_bandwidth_gbs(megabytes=16, rounds=1) > 0
+    assert bench.memory_bandwidth_gbs(megabytes=16, rounds=1, huge_pages=False) > 0

@@ -148,3 +148,69 @@ def test_the_kernel_command_builds_and_checks(kernel, capsys):
     assert main(["kernel"]) == 0
     out = capsys.readouterr().out
     assert "kernels" in out and "decoding logits within" in out and "training kernels (attention, LayerNorm" in out
+
+
+@pytest.fixture
+def copies(monkeypatch):
+    """Every model's weights read from copies (as a large model's are), wherever the OS has no huge pages too."""
+    monkeypatch.setattr(decode_kernel, "COPY_MIN_BYTES", 0)
+    monkeypatch.setattr(decode_kernel.hugepages, "available", lambda: True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_steps_from_copies_match_the_eager_model_and_follow_changes_in_place(kernel, copies, dtype):
+    model = _model(norm="rms", bias=True).to(dtype)
+    step = decode_kernel.Decoder(kernel, model)
+    held = decode_kernel._held[model]
+    assert all(c.data_ptr() != t.data_ptr() for c, t in zip(held.copies, step.plan_tensors) if t.numel())
+    assert torch.equal(held.copies[4], model.transformer.h[0].attn.c_attn.weight)  # copied when made
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_proj.weight.mul_(-2.0)  # after the plan was made, as an optimizer's step
+        eager, fast = new_kv_cache(model), new_kv_cache(model)
+        for t in range(6):
+            want = model(torch.tensor([[t + 1]]), kv_cache=eager)[0][0, -1].float()
+            tol = 2e-5 if dtype == torch.float32 else 2e-2  # the eager bf16 model rounds every activation
+            assert torch.allclose(step.step(t + 1, fast), want, atol=tol, rtol=tol), t
+    assert torch.equal(held.copies[-4], model.transformer.h[1].mlp.c_proj.weight)  # then ln_f's pair
+
+
+def test_copies_are_kept_per_model_and_made_anew_for_a_replaced_parameter(kernel, copies):
+    model = _model()
+    decode_kernel.Decoder(kernel, model)
+    first = decode_kernel._held[model]
+    seen = first.seen.clone()
+    decode_kernel.Decoder(kernel, model)  # a second generation: the same copies, nothing copied again
+    assert decode_kernel._held[model] is first and torch.equal(first.seen, seen)
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_proj.weight.data = torch.randn(64, 64)  # replaced, not changed in place
+    step = decode_kernel.Decoder(kernel, model)
+    assert decode_kernel._held[model] is not first
+    eager, fast = new_kv_cache(model), new_kv_cache(model)
+    with torch.no_grad():
+        want = model(torch.tensor([[3]]), kv_cache=eager)[0][0, -1]
+    assert torch.allclose(step.step(3, fast), want, atol=2e-5, rtol=1e-4)
+
+
+def test_small_models_read_their_parameters_and_large_ones_copies(kernel, monkeypatch):
+    monkeypatch.setattr(decode_kernel.hugepages, "available", lambda: True)
+    small = _model()
+    decode_kernel.Decoder(kernel, small)
+    assert small not in decode_kernel._held  # 2 x 64 wide: well under COPY_MIN_BYTES
+    large = _model(n_embd=256, n_head=4, n_layer=3)  # ~9.5 MB of fp32 weights
+    decode_kernel.Decoder(kernel, large)
+    assert large in decode_kernel._held
+    monkeypatch.setattr(decode_kernel.hugepages, "available", lambda: False)
+    other = _model(n_embd=256, n_head=4, n_layer=3)
+    decode_kernel.Decoder(kernel, other)
+    assert other not in decode_kernel._held  # no huge pages: nothing to gain from a copy
+
+
+def test_a_plan_with_copies_checks_its_sources(kernel):
+    good = decode_kernel.Decoder(kernel, _model())
+    seen = torch.full((len(good.plan_tensors),), -1, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="one source and one version"):
+        kernel.DecodePlan(good.plan_tensors, *good.plan_args, sources=good.plan_tensors[:-1], seen=seen)
+    wrong = list(good.plan_tensors)
+    wrong[4] = torch.zeros(8, 64)
+    with pytest.raises(RuntimeError, match="shape"):
+        kernel.DecodePlan(good.plan_tensors, *good.plan_args, sources=wrong, seen=seen)
