@@ -29,6 +29,7 @@ SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("kernels.cpp", "decode_step.cpp", "train_kernels.cpp", "kernel_vectors.h"))
 NORM_CODES = {"none": 0, "layer": 1, "rms": 2}           # the norms the kernel knows, as it numbers them
 ACTIVATION_CODES = {"gelu": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+STRATEGY_CODES = {"greedy": 0, "multinomial": 1, "temperature": 2}  # the sampling strategies `draw` knows
 
 
 def kernel_dir() -> Path:
@@ -87,6 +88,7 @@ class Decoder:
 
     def __init__(self, module, model):
         from .model import NORM_EPS
+        self.module = module
         cfg, tr = model.config, model.transformer
         none = torch.empty(0)
 
@@ -113,6 +115,17 @@ class Decoder:
         logits = self.plan.step(token, cache.pos, cache.k, cache.v)
         cache.advance(1)
         return logits
+
+    def drawer(self, sampling, top_n: int):
+        """`draw(logits, generator)` → (token, its probability at T = 1, top_n ids, their probabilities):
+        what sample_next draws and StepMaker reports, in one compiled call; None when the sampling
+        has a top-k or top-p filter that would act (sample_next does those)."""
+        vocab = self.plan_tensors[0].size(0)
+        if sampling.strategy != "greedy" and ((sampling.top_k is not None and sampling.top_k < vocab)
+                                              or (sampling.top_p is not None and sampling.top_p < 1.0)):
+            return None
+        code, temperature, module = STRATEGY_CODES[sampling.strategy], sampling.temperature, self.module
+        return lambda logits, generator: module.draw(logits, code, temperature, generator, top_n)
 
 
 # Weights of at least this many bytes are read from copies in huge pages (minigpt/hugepages.py): a

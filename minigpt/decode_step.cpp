@@ -33,6 +33,16 @@
 // minigpt/hugepages.py), and `seen` (int64, one per weight) holds each source's version when last
 // copied (-1: never). Each step first copies the sources whose version moved, so training in place
 // is seen by the next step as with views.
+// The next token drawn from one row of fp32 logits as minigpt/sampling.py's sample_next draws it
+// with no top-k / top-p filter (strategy 0 greedy: the argmax; 1 multinomial; 2 temperature: the
+// logits divided by it), and what minigpt/generate.py's StepMaker says of it: (token, its
+// probability at T = 1, the top_n most likely tokens, their probabilities). The same torch ops in
+// the same order, so the same token from the same generator. Why: between two decoding steps these
+// ~10 ops from Python took ~160 us, most of it refetching the interpreter's code and data that the
+// step's stream of weights had pushed out of the caches; from here ~100 us.
+py::tuple draw(const torch::Tensor& logits, int64_t strategy, double temperature, std::optional<at::Generator> gen,
+               int64_t top_n);
+
 struct DecodePlan {
   std::vector<torch::Tensor> w, sources;
   torch::Tensor seen;
@@ -308,4 +318,27 @@ torch::Tensor DecodePlan::step(int64_t token, int64_t pos, torch::Tensor kcache,
   refresh();
   return type == torch::kBFloat16 ? ::step<bf16>(*this, token, pos, kcache, vcache)
                                   : ::step<float>(*this, token, pos, kcache, vcache);
+}
+
+py::tuple draw(const torch::Tensor& logits, int64_t strategy, double temperature, std::optional<at::Generator> gen,
+               int64_t top_n) {
+  TORCH_CHECK(logits.dim() == 1 && logits.scalar_type() == torch::kFloat32 && logits.device().is_cpu() && logits.numel(),
+              "draw takes one row of fp32 logits on the CPU");
+  TORCH_CHECK(strategy >= 0 && strategy <= 2 && temperature > 0 && top_n >= 0, "draw: no such strategy or settings");
+  int64_t token;
+  if (strategy == 0) {
+    token = logits.argmax().item<int64_t>();
+  } else {  // sample_next's ops on its (1, vocab) row, in its order
+    auto row = strategy == 2 ? logits.unsqueeze(0) / temperature : logits.unsqueeze(0);
+    token = at::multinomial(at::softmax(row, -1), 1, false, gen).item<int64_t>();
+  }
+  const auto probs = at::softmax(logits, -1);  // StepMaker's: the model's view at T = 1
+  const auto top = at::topk(probs, std::min(top_n, probs.size(0)));
+  const auto values = std::get<0>(top).contiguous(), indices = std::get<1>(top).contiguous();
+  py::list ids, chances;
+  for (int64_t k = 0; k < values.size(0); ++k) {
+    ids.append(indices.data_ptr<int64_t>()[k]);
+    chances.append(values.data_ptr<float>()[k]);
+  }
+  return py::make_tuple(token, probs.data_ptr<float>()[token], ids, chances);
 }

@@ -49,13 +49,21 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
 def stream_ids(model, ids: list[int], max_new_tokens: int, sampling: SamplingConfig,
                generator: torch.Generator | None = None, use_cache: bool = True,
                kernel: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (token id, next-token logits it was drawn from) max_new_tokens times. With the cache,
     the steps after the prompt go through the compiled decoding kernel when it is built and fits
     the model (minigpt/decode_kernel.py; `kernel=False`: always the eager model)."""
+    for tok, logits, _ in _stream(model, ids, max_new_tokens, sampling, generator, use_cache, kernel):
+        yield tok, logits
+
+
+@torch.no_grad()
+def _stream(model, ids: list[int], max_new_tokens: int, sampling: SamplingConfig, generator: torch.Generator | None,
+            use_cache: bool, kernel: bool, top_n: int | None = None):
+    """stream_ids' steps as (token id, logits, summary): with `top_n`, a token the compiled kernel
+    drew comes with StepMaker's summary of it (probability, top ids, top probabilities), else None."""
     block = model.config.block_size
     device = _device(model)
     seq = list(ids)[-block:]
@@ -76,15 +84,22 @@ def stream_ids(model, ids: list[int], max_new_tokens: int, sampling: SamplingCon
         else:
             logits = recompute()
         fast = decoder_for(model, cache) if kernel else None
+        draw = fast.drawer(sampling, top_n) if fast is not None and top_n is not None else None
+        summary = None
         for i in range(max_new_tokens):
-            tok = int(sample_next(logits[None], sampling, generator)[0])
-            yield tok, logits
+            if summary is None:
+                tok = int(sample_next(logits[None], sampling, generator)[0])
+            yield tok, logits, summary
             if i == max_new_tokens - 1:
                 break  # the last token's own logits would never be used
             seq.append(tok)
-            if cache is not None and cache.room() > 0:
-                logits = (fast.step(tok, cache) if fast is not None else
-                          model(torch.tensor([[tok]], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1])
+            summary = None
+            if cache is not None and cache.room() > 0 and fast is not None:
+                logits = fast.step(tok, cache)
+                if draw is not None:  # the next token drawn at once, in the same call as its summary
+                    tok, *summary = draw(logits, generator)
+            elif cache is not None and cache.room() > 0:
+                logits = model(torch.tensor([[tok]], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1]
             else:
                 logits = recompute()
     finally:
@@ -109,8 +124,8 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, sampling: Sampl
     ids = start_ids(tokenizer, prompt)
     generator = make_generator(seed)
     steps = StepMaker(tokenizer, top_n, keep_logits)
-    for tok, logits in stream_ids(model, ids, max_new_tokens, sampling, generator, use_cache, kernel):
-        yield steps(tok, logits)
+    for tok, logits, summary in _stream(model, ids, max_new_tokens, sampling, generator, use_cache, kernel, top_n):
+        yield steps(tok, logits) if summary is None else steps.make(tok, *summary, logits)
 
 
 class StepMaker:

@@ -14,6 +14,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("seen") = py::none())
       .def("step", &DecodePlan::step, "the next-token logits of one token, its keys and values written into the caches")
       .def("refresh", &DecodePlan::refresh, "copy the sources changed since they were last copied (with copies)");
+  m.def("draw", &draw, "the next token from one row of logits as sample_next draws it, and StepMaker's summary of it");
   m.def("attention_forward", &attention_forward, "causal self-attention for training: (y, probs) from c_attn's output");
   m.def("attention_backward", &attention_backward, "the gradient of c_attn's output from (qkv, y, probs, dy)");
   m.def("layer_norm_forward", &layer_norm_forward, "LayerNorm for training, after a residual add if given: (y, mean, rstd, sum)");

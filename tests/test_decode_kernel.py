@@ -214,3 +214,44 @@ def test_a_plan_with_copies_checks_its_sources(kernel):
     wrong[4] = torch.zeros(8, 64)
     with pytest.raises(RuntimeError, match="shape"):
         kernel.DecodePlan(good.plan_tensors, *good.plan_args, sources=wrong, seen=seen)
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig("greedy"), SamplingConfig("multinomial"),
+                                      SamplingConfig("temperature", 0.8), SamplingConfig("temperature", 3.0),
+                                      SamplingConfig("temperature", 0.05), SamplingConfig("greedy", top_k=3)])
+def test_the_compiled_draw_is_sample_next_and_step_maker(kernel, sampling):
+    """The same token from the same generator, the generator left in the same state, and StepMaker's
+    probability and top-N exactly: the draw runs the same torch ops."""
+    from minigpt.generate import StepMaker, make_generator
+    from minigpt.sampling import sample_next
+    model, tok = _model(), CharTokenizer([chr(97 + i) for i in range(50)])
+    draw = decode_kernel.Decoder(kernel, model).drawer(sampling, 10)
+    ours, theirs = make_generator(7), make_generator(7)
+    rows = 4 * torch.randn(300, 50, generator=torch.Generator().manual_seed(1))
+    rows[0] = 0.0  # all equal: greedy takes the first
+    for logits in rows:
+        token, p, ids, probs = draw(logits, ours)
+        want = int(sample_next(logits[None], sampling, theirs)[0])
+        step = StepMaker(tok)(want, logits)
+        assert (token, p, ids, probs) == (want, step.prob, step.top_ids, step.top_probs)
+        assert isinstance(token, int) and all(isinstance(i, int) for i in ids)
+    assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def test_filters_are_left_to_sample_next(kernel):
+    step = decode_kernel.Decoder(kernel, _model())
+    assert step.drawer(SamplingConfig("temperature", 0.8, top_k=5), 10) is None
+    assert step.drawer(SamplingConfig("multinomial", top_p=0.9), 10) is None
+    assert step.drawer(SamplingConfig("temperature", 0.8, top_k=50, top_p=1.0), 10) is not None  # neither acts
+    with pytest.raises(RuntimeError, match="one row"):
+        kernel.draw(torch.zeros(2, 50), 1, 1.0, None, 10)
+
+
+def test_generated_steps_through_the_kernel_match_the_eager_ones(kernel):
+    """Text, probabilities and top-N of every step, through the kernel (its draw included) and the eager model."""
+    model, tok = _model(), CharTokenizer([chr(97 + i) for i in range(50)])
+    for sampling in (SamplingConfig("multinomial"), SamplingConfig("temperature", 1.5, top_k=8)):
+        fast, eager = [list(generate(model, tok, "abc", 30, sampling, seed=2, kernel=k)) for k in (True, False)]
+        assert [s.id for s in fast] == [s.id for s in eager]
+        assert [s.top_ids for s in fast] == [s.top_ids for s in eager]
+        assert all(abs(a.prob - b.prob) < 1e-5 for a, b in zip(fast, eager))
