@@ -36,10 +36,10 @@
 // The next token drawn from one row of fp32 logits as minigpt/sampling.py's sample_next draws it
 // with no top-k / top-p filter (strategy 0 greedy: the argmax; 1 multinomial; 2 temperature: the
 // logits divided by it), and what minigpt/generate.py's StepMaker says of it: (token, its
-// probability at T = 1, the top_n most likely tokens, their probabilities). The same torch ops in
-// the same order, so the same token from the same generator. Why: between two decoding steps these
-// ~10 ops from Python took ~160 us, most of it refetching the interpreter's code and data that the
-// step's stream of weights had pushed out of the caches; from here ~100 us.
+// probability at T = 1, the top_n most likely tokens, their probabilities). The same token from the
+// same generator, the same probabilities. Why: between two decoding steps those ~15 torch ops
+// (with multinomial's own) took ~160 us from Python, most of it refetching code and data that the
+// step's stream of weights had pushed out of the caches; here 3-4 ops and loops.
 py::tuple draw(const torch::Tensor& logits, int64_t strategy, double temperature, std::optional<at::Generator> gen,
                int64_t top_n);
 
@@ -322,23 +322,46 @@ torch::Tensor DecodePlan::step(int64_t token, int64_t pos, torch::Tensor kcache,
 
 py::tuple draw(const torch::Tensor& logits, int64_t strategy, double temperature, std::optional<at::Generator> gen,
                int64_t top_n) {
-  TORCH_CHECK(logits.dim() == 1 && logits.scalar_type() == torch::kFloat32 && logits.device().is_cpu() && logits.numel(),
-              "draw takes one row of fp32 logits on the CPU");
+  TORCH_CHECK(logits.dim() == 1 && logits.scalar_type() == torch::kFloat32 && logits.device().is_cpu() &&
+              logits.is_contiguous() && logits.numel(), "draw takes one row of fp32 logits on the CPU");
   TORCH_CHECK(strategy >= 0 && strategy <= 2 && temperature > 0 && top_n >= 0, "draw: no such strategy or settings");
-  int64_t token;
-  if (strategy == 0) {
-    token = logits.argmax().item<int64_t>();
-  } else {  // sample_next's ops on its (1, vocab) row, in its order
-    auto row = strategy == 2 ? logits.unsqueeze(0) / temperature : logits.unsqueeze(0);
-    token = at::multinomial(at::softmax(row, -1), 1, false, gen).item<int64_t>();
-  }
+  const int64_t V = logits.size(0);
+  // NaN counts as the largest, as in torch's argmax and topk (a diverged model's logits).
+  auto above = [](float a, float b) { return (a > b) || (a != a && b == b); };
   const auto probs = at::softmax(logits, -1);  // StepMaker's: the model's view at T = 1
-  const auto top = at::topk(probs, std::min(top_n, probs.size(0)));
-  const auto values = std::get<0>(top).contiguous(), indices = std::get<1>(top).contiguous();
-  py::list ids, chances;
-  for (int64_t k = 0; k < values.size(0); ++k) {
-    ids.append(indices.data_ptr<int64_t>()[k]);
-    chances.append(values.data_ptr<float>()[k]);
+  const float* p = probs.data_ptr<float>();
+  int64_t token = 0;
+  if (strategy == 0) {  // the first largest logit, as argmax
+    const float* l = logits.data_ptr<float>();
+    for (int64_t i = 1; i < V; ++i) token = above(l[i], l[token]) ? i : token;
+  } else {
+    // torch.multinomial's single draw as ATen makes it (Distributions.cpp): it checks the
+    // probabilities, then takes the argmax of p / q with q ~ Exp(1) from the generator. The same
+    // softmax and exponential_, so the same token (the suite checks it against sample_next).
+    const auto row = strategy == 2 ? at::softmax(logits.unsqueeze(0) / temperature, -1) : probs.unsqueeze(0);
+    const float* a = row.data_ptr<float>();
+    double total = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      TORCH_CHECK(a[i] >= 0 && a[i] < INFINITY, "probability tensor contains either `inf`, `nan` or element < 0");
+      total += a[i];
+    }
+    TORCH_CHECK(total > 0, "invalid multinomial distribution (sum of probabilities <= 0)");
+    const auto q = at::empty_like(row).exponential_(1, gen);
+    const float* b = q.data_ptr<float>();
+    for (int64_t i = 1; i < V; ++i) token = above(a[i] / b[i], a[token] / b[token]) ? i : token;
   }
-  return py::make_tuple(token, probs.data_ptr<float>()[token], ids, chances);
+  // The top_n most likely tokens, the larger probability first (equal ones: the smaller id first),
+  // in one pass that keeps them in order.
+  std::vector<int64_t> top;
+  const size_t k = static_cast<size_t>(std::min(top_n, V));
+  for (int64_t i = 0; i < V; ++i) {
+    if (top.size() == k && (k == 0 || !above(p[i], p[top.back()]))) continue;
+    auto at = top.end();
+    while (at != top.begin() && above(p[i], p[*(at - 1)])) --at;
+    top.insert(at, i);
+    if (top.size() > k) top.pop_back();
+  }
+  py::list ids, chances;
+  for (int64_t i : top) ids.append(i), chances.append(p[i]);
+  return py::make_tuple(token, p[token], ids, chances);
 }
