@@ -7,9 +7,13 @@ At start it removes the temporary files a killed server left behind (minigpt.rec
 loads only once the server answers (the warm-up), so the page is up in a few seconds.
 """
 
-from minigpt.recovery import clean_at_start
-from minigpt.ui.common import LIMITS, PLAYGROUND, SAVE_ROOT  # noqa: F401  (the server's limits and sessions, for tests)
-from minigpt.ui.layout import build_ui, launch_kwargs
+from minigpt import prepare_torch_env
+
+prepare_torch_env()  # before anything loads torch (the warm-up does)
+
+from minigpt.recovery import clean_at_start  # noqa: E402
+from minigpt.ui.common import LIMITS, PLAYGROUND, SAVE_ROOT  # noqa: F401,E402  (the server's limits and sessions, for tests)
+from minigpt.ui.layout import build_ui, launch_kwargs  # noqa: E402
 
 clean_at_start(SAVE_ROOT)  # temporary files left by a killed server (kill -9 mid-save) never pile up
 demo = build_ui()

@@ -3,7 +3,11 @@
 import os
 import sys
 
-from .cli import main
+from . import prepare_torch_env
+
+prepare_torch_env()  # before anything loads torch
+
+from .cli import main  # noqa: E402
 
 code = main()
 # Leave without tearing the interpreter down: with torch loaded that takes 0.4-1 s (modules and

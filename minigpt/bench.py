@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from . import hugepages
+from . import TORCH_ENV, hugepages
 from .data import Splits, data_dir
 from .device import cpu_has_native_bf16, pick_precision
 from .model import GPTConfig
@@ -234,8 +234,9 @@ def run_baseline(iters: int) -> dict | None:
     text = data_dir() / "tinyshakespeare.txt"
     if not BASELINE_SCRIPT.exists() or not text.exists():
         return None
+    env = {k: v for k, v in os.environ.items() if k not in TORCH_ENV}  # the recipe as its users run it
     r = subprocess.run([sys.executable, str(BASELINE_SCRIPT), str(text), "--iters", str(iters)],
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, timeout=1800, env=env)
     lines = r.stdout.strip().splitlines()
     return json.loads(lines[-1]) if r.returncode == 0 and lines else None
 

@@ -119,6 +119,15 @@ def test_missing_baseline_script_is_skipped(monkeypatch, tmp_path):
     assert bench.run_baseline(10) is None
 
 
+def test_the_recipe_runs_as_its_users_run_it(monkeypatch, tmp_path):
+    """Our entry points ask torch for huge pages (minigpt.TORCH_ENV); the baseline does not get them."""
+    script = tmp_path / "recipe.py"
+    script.write_text("import json, os\nprint(json.dumps({'thp': os.environ.get('THP_MEM_ALLOC_ENABLE')}))\n")
+    monkeypatch.setattr(bench, "BASELINE_SCRIPT", script)
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    assert bench.run_baseline(10) == {"thp": None}
+
+
 def test_peak_rss_of_a_short_training_run():
     tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--eval-iters", "1"]
     rss = bench.train_peak_rss_mb(2, tiny)

@@ -50,3 +50,16 @@ def test_without_huge_pages_a_buffer_is_plain_memory(monkeypatch):
     b = hugepages.buffer(1000)
     assert b.numel() == 1000 and not b.any()
     assert hugepages.buffer(0).numel() == 0
+
+
+def test_the_entry_points_ask_torch_for_huge_pages_unless_the_user_chose(monkeypatch):
+    import minigpt
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    minigpt.prepare_torch_env()
+    assert minigpt.TORCH_ENV["THP_MEM_ALLOC_ENABLE"] == "1" == __import__("os").environ["THP_MEM_ALLOC_ENABLE"]
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    minigpt.prepare_torch_env()
+    assert __import__("os").environ["THP_MEM_ALLOC_ENABLE"] == "0"
+    for entry in ("minigpt/__main__.py", "app.py"):  # before their first import that could load torch
+        text = (__import__("pathlib").Path(minigpt.__file__).parents[1] / entry).read_text()
+        assert text.index("prepare_torch_env()") < text.index("from .cli" if "__main__" in entry else "from minigpt.recovery")
