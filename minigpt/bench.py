@@ -125,7 +125,7 @@ def memory_bandwidth_gbs(megabytes: int = 256, rounds: int = 5, huge_pages: bool
     huge pages where the OS has them (as the decoding step's weights are: in 4 KiB pages the page
     walks slow the reads, ~20-30% here, and the floor would be set too low)."""
     n = megabytes * 2**20
-    x = (hugepages.buffer(n).view(torch.float32) if huge_pages else torch.empty(n // 4)).fill_(1.0)
+    x = hugepages.buffer(n, huge=huge_pages).view(torch.float32).fill_(1.0)
     x.sum()  # touch every page first
     best = float("inf")
     for _ in range(rounds):

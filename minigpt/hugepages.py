@@ -31,15 +31,16 @@ def available() -> bool:
         return False
 
 
-def buffer(nbytes: int) -> torch.Tensor:
+def buffer(nbytes: int, huge: bool = True) -> torch.Tensor:
     """A zeroed uint8 CPU tensor of `nbytes`, starting on a 2 MiB boundary, in huge pages where
-    `available()`; else a plain torch allocation. The tensor keeps its mapping alive."""
-    if not available() or nbytes <= 0:
+    `available()` (else a plain torch allocation); with `huge=False`, in 4 KiB pages however the OS
+    and torch are set (to compare). The tensor keeps its mapping alive."""
+    if not hasattr(mmap, "MADV_HUGEPAGE") or nbytes <= 0 or (huge and not available()):
         return torch.zeros(max(nbytes, 0), dtype=torch.uint8)
     # A private mapping (a shared one would be shmem, which follows another setting), a page longer
     # so that its start can be moved to a 2 MiB boundary: only aligned 2 MiB spans become huge pages.
     mapping = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    mapping.madvise(mmap.MADV_HUGEPAGE)
+    mapping.madvise(mmap.MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
     whole = torch.frombuffer(mapping, dtype=torch.uint8)
     start = -whole.data_ptr() % HUGE_PAGE
     return whole[start:start + nbytes]

@@ -45,6 +45,13 @@ def test_copies_are_shaped_typed_and_aligned_side_by_side():
         assert torch.equal(o, t)
 
 
+def test_a_buffer_can_be_asked_for_in_small_pages():
+    b = hugepages.buffer(4 << 20, huge=False)
+    assert b.numel() == 4 << 20 and not b.any()
+    if hasattr(__import__("mmap"), "MADV_NOHUGEPAGE"):
+        assert _vma_flags(b.data_ptr()).get("THPeligible") == "0"  # even where the OS or torch would
+
+
 def test_without_huge_pages_a_buffer_is_plain_memory(monkeypatch):
     monkeypatch.setattr(hugepages, "available", lambda: False)
     b = hugepages.buffer(1000)
