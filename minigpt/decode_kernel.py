@@ -2,9 +2,10 @@
 
 One C++ extension holds the kernels: a decoding step (decode_step.cpp: one call per token instead
 of ~80 torch ops; a large model's weights read from copies in huge pages, minigpt/hugepages.py)
-and the draw of the next token from its logits (`draw`, what sample_next draws), and causal self-attention, LayerNorm and GELU for training and Muon's stack and
-update (train_kernels.cpp, used through minigpt/train_kernels.py and minigpt/optim.py). It is built with the machine's C++ compiler the first time it is asked
-for (`python -m minigpt kernel`, or `bench`), ~30 s, and kept in the cache folder
+and the draw of the next token from its logits (`draw`, what sample_next draws); and causal
+self-attention, LayerNorm and GELU for training and Muon's stack and update (train_kernels.cpp,
+used through minigpt/train_kernels.py and minigpt/optim.py). It is built with the machine's C++
+compiler the first time it is asked for (`python -m minigpt kernel`, or `bench`), ~30 s, and kept in the cache folder
 ($MINIGPT_KERNEL_DIR, else ~/.cache/minigpt/kernels) under a name that carries the sources' hash, so
 a changed source is a new build. Generation and training use it only once it is built: `load()`
 never compiles unless asked, so a page or a command never waits on a compiler, and without one (or

@@ -22,6 +22,16 @@
 
 #include "kernel_vectors.h"
 
+// The next token drawn from one row of fp32 logits as minigpt/sampling.py's sample_next draws it
+// with no top-k / top-p filter (strategy 0 greedy: the argmax; 1 multinomial; 2 temperature: the
+// logits divided by it), and what minigpt/generate.py's StepMaker says of it: (token, its
+// probability at T = 1, the top_n most likely tokens, their probabilities). The same token from the
+// same generator, the same probabilities. Why: between two decoding steps those ~15 torch ops
+// (with multinomial's own) took ~160 us from Python, most of it refetching code and data that the
+// step's stream of weights had pushed out of the caches; here 3-4 ops and loops.
+py::tuple draw(const torch::Tensor& logits, int64_t strategy, double temperature, std::optional<at::Generator> gen,
+               int64_t top_n);
+
 // A model's weights for the decoding step, checked once: `w` holds, in order, wte, wpe (empty
 // without position embeddings), then per layer ln_1 weight, ln_1 bias, c_attn weight, c_attn bias,
 // attn c_proj weight, its bias, ln_2 weight, ln_2 bias, c_fc weight, its bias, mlp c_proj weight,
@@ -33,16 +43,6 @@
 // minigpt/hugepages.py), and `seen` (int64, one per weight) holds each source's version when last
 // copied (-1: never). Each step first copies the sources whose version moved, so training in place
 // is seen by the next step as with views.
-// The next token drawn from one row of fp32 logits as minigpt/sampling.py's sample_next draws it
-// with no top-k / top-p filter (strategy 0 greedy: the argmax; 1 multinomial; 2 temperature: the
-// logits divided by it), and what minigpt/generate.py's StepMaker says of it: (token, its
-// probability at T = 1, the top_n most likely tokens, their probabilities). The same token from the
-// same generator, the same probabilities. Why: between two decoding steps those ~15 torch ops
-// (with multinomial's own) took ~160 us from Python, most of it refetching code and data that the
-// step's stream of weights had pushed out of the caches; here 3-4 ops and loops.
-py::tuple draw(const torch::Tensor& logits, int64_t strategy, double temperature, std::optional<at::Generator> gen,
-               int64_t top_n);
-
 struct DecodePlan {
   std::vector<torch::Tensor> w, sources;
   torch::Tensor seen;
@@ -171,7 +171,8 @@ void normalise(const float* x, float* out, int64_t n, int norm, const T* w, cons
 // values V (this position's already written): out (hs), scores (block) its scratch. As it reads
 // each key it asks for the value it will weigh, and for the next head's key and value at that
 // position (nextK, nextV; null for none): a head's cache is ~2 x 32 KB at position 128, short
-// streams whose first misses the hardware's prefetcher does not hide (fp32 step -4 to -10%, bf16 -3 to -5%).
+// streams whose first misses the hardware's prefetcher does not hide (the fp32 step 4-10% faster,
+// bf16 3-5%).
 template <typename T>
 void attend(const float* q, const T* K, const T* V, int64_t pos, int64_t hs, float scale, float* scores, float* out,
             const T* nextK = nullptr, const T* nextV = nullptr) {
@@ -245,7 +246,8 @@ torch::Tensor step(const DecodePlan& plan, int64_t token, int64_t pos, torch::Te
         }
         const bool more = head + 1 < n_head;
         attend(qkv.data() + head * hs, K + base, Vc + base, pos, hs, scale, scores.data() + head * block,
-               y.data() + head * hs, more ? K + base + block * hs : nullptr, more ? Vc + base + block * hs : nullptr);
+               y.data() + head * hs, more ? K + base + block * hs : nullptr,
+               more ? Vc + base + block * hs : nullptr);
       }
       gemv(P(p + 4), y.data(), P(p + 5), a.data(), C, C);
       for (int64_t i = 0; i < C; ++i) xp[i] = residual ? xp[i] + a[i] : a[i];
@@ -268,8 +270,8 @@ torch::Tensor step(const DecodePlan& plan, int64_t token, int64_t pos, torch::Te
 DecodePlan::DecodePlan(std::vector<torch::Tensor> weights, int64_t n_layer_, int64_t n_head_, int64_t norm_,
                        bool residual_, bool mlp_, int64_t act_, double eps_, std::vector<torch::Tensor> sources_,
                        std::optional<torch::Tensor> seen_)
-    : w(std::move(weights)), sources(std::move(sources_)), n_layer(n_layer_), n_head(n_head_), norm(norm_), act(act_), residual(residual_),
-      mlp(mlp_), eps(eps_) {
+    : w(std::move(weights)), sources(std::move(sources_)), n_layer(n_layer_), n_head(n_head_), norm(norm_), act(act_),
+      residual(residual_), mlp(mlp_), eps(eps_) {
   TORCH_CHECK(n_layer >= 1 && n_head >= 1 && static_cast<int64_t>(w.size()) == 4 + 12 * n_layer,
               "expected ", 4 + 12 * n_layer, " weights for ", n_layer, " layers, got ", w.size());
   TORCH_CHECK(w[0].dim() == 2 && w[0].size(1) % n_head == 0, "wte must be (vocab, width), the width a multiple of the heads");
@@ -294,8 +296,9 @@ DecodePlan::DecodePlan(std::vector<torch::Tensor> weights, int64_t n_layer_, int
   }
   positions = w[1].numel() / C;
   if (sources.empty()) return;
-  TORCH_CHECK(sources.size() == w.size() && seen_ && seen_->scalar_type() == torch::kInt64 && seen_->is_contiguous() &&
-              seen_->numel() == static_cast<int64_t>(w.size()), "copies need one source and one version per weight");
+  TORCH_CHECK(sources.size() == w.size() && seen_ && seen_->scalar_type() == torch::kInt64 &&
+              seen_->is_contiguous() && seen_->numel() == static_cast<int64_t>(w.size()),
+              "copies need one source and one version per weight");
   seen = *seen_;
   for (size_t i = 0; i < w.size(); ++i)
     TORCH_CHECK(sources[i].numel() == w[i].numel() && (!w[i].numel() || (sources[i].scalar_type() == type &&

@@ -94,14 +94,14 @@ def _stream(model, ids: list[int], max_new_tokens: int, sampling: SamplingConfig
                 break  # the last token's own logits would never be used
             seq.append(tok)
             summary = None
-            if cache is not None and cache.room() > 0 and fast is not None:
+            if cache is None or cache.room() == 0:
+                logits = recompute()
+            elif fast is not None:
                 logits = fast.step(tok, cache)
                 if draw is not None:  # the next token drawn at once, in the same call as its summary
                     tok, *summary = draw(logits, generator)
-            elif cache is not None and cache.room() > 0:
-                logits = model(torch.tensor([[tok]], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1]
             else:
-                logits = recompute()
+                logits = model(torch.tensor([[tok]], dtype=torch.long, device=device), kv_cache=cache)[0][0, -1]
     finally:
         model.train(was_training)
 

@@ -1,7 +1,12 @@
 """Huge-page buffers: aligned, zeroed, usable as tensors, advised to the OS where it has them."""
 
+import mmap
+import os
+from pathlib import Path
+
 import torch
 
+import minigpt
 from minigpt import hugepages
 
 
@@ -48,7 +53,7 @@ def test_copies_are_shaped_typed_and_aligned_side_by_side():
 def test_a_buffer_can_be_asked_for_in_small_pages():
     b = hugepages.buffer(4 << 20, huge=False)
     assert b.numel() == 4 << 20 and not b.any()
-    if hasattr(__import__("mmap"), "MADV_NOHUGEPAGE"):
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
         assert _vma_flags(b.data_ptr()).get("THPeligible") == "0"  # even where the OS or torch would
 
 
@@ -60,13 +65,13 @@ def test_without_huge_pages_a_buffer_is_plain_memory(monkeypatch):
 
 
 def test_the_entry_points_ask_torch_for_huge_pages_unless_the_user_chose(monkeypatch):
-    import minigpt
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
     minigpt.prepare_torch_env()
-    assert minigpt.TORCH_ENV["THP_MEM_ALLOC_ENABLE"] == "1" == __import__("os").environ["THP_MEM_ALLOC_ENABLE"]
+    assert minigpt.TORCH_ENV["THP_MEM_ALLOC_ENABLE"] == "1" == os.environ["THP_MEM_ALLOC_ENABLE"]
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
     minigpt.prepare_torch_env()
-    assert __import__("os").environ["THP_MEM_ALLOC_ENABLE"] == "0"
-    for entry in ("minigpt/__main__.py", "app.py"):  # before their first import that could load torch
-        text = (__import__("pathlib").Path(minigpt.__file__).parents[1] / entry).read_text()
-        assert text.index("prepare_torch_env()") < text.index("from .cli" if "__main__" in entry else "from minigpt.recovery")
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+    root = Path(minigpt.__file__).parents[1]
+    for entry, first_import in (("minigpt/__main__.py", "from .cli"), ("app.py", "from minigpt.recovery")):
+        text = (root / entry).read_text()  # set before the first import that could load torch
+        assert text.index("prepare_torch_env()") < text.index(first_import)
