@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import hugepages
+from .sampling import filters_act
 
 # kernels.cpp includes the others (one translation unit); all of them make the build's name.
 SOURCES = tuple(Path(__file__).with_name(name)
@@ -122,9 +123,7 @@ class Decoder:
         """`draw(logits, generator)` → (token, its probability at T = 1, top_n ids, their probabilities):
         what sample_next draws and StepMaker reports, in one compiled call; None when the sampling
         has a top-k or top-p filter that would act (sample_next does those)."""
-        vocab = self.plan_tensors[0].size(0)
-        if sampling.strategy != "greedy" and ((sampling.top_k is not None and sampling.top_k < vocab)
-                                              or (sampling.top_p is not None and sampling.top_p < 1.0)):
+        if sampling.strategy != "greedy" and any(filters_act(sampling, self.plan_tensors[0].size(0))):
             return None
         code, temperature, module = STRATEGY_CODES[sampling.strategy], sampling.temperature, self.module
         return lambda logits, generator: module.draw(logits, code, temperature, generator, top_n)

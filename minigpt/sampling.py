@@ -12,15 +12,21 @@ import torch.nn.functional as F
 
 from .config import STRATEGIES, SamplingConfig  # noqa: F401  (defined torch-free there)
 
+def filters_act(cfg: SamplingConfig, vocab: int) -> tuple[bool, bool]:
+    """(top-k acts, top-p acts) on a vocabulary of `vocab`: a k that keeps every token, or p = 1, is no filter."""
+    return cfg.top_k is not None and cfg.top_k < vocab, cfg.top_p is not None and cfg.top_p < 1.0
+
+
 def scaled_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     """Logits after temperature and the top-k / top-p filters (filtered entries are -inf)."""
     logits = logits.float()
     if cfg.strategy == "temperature":
         logits = logits / cfg.temperature
-    if cfg.top_k is not None and cfg.top_k < logits.size(-1):
+    top_k, top_p = filters_act(cfg, logits.size(-1))
+    if top_k:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p is not None and cfg.top_p < 1.0:
+    if top_p:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         # Drop a token when the tokens before it already reach p (the top token always stays).
