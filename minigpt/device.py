@@ -83,10 +83,10 @@ def pick_device(requested: str | None = None) -> str:
 def pick_precision(device: str, dtype: str = "auto", n_embd: int | None = None) -> Precision:
     """bf16 autocast where it is faster and safe, else fp32; dtype="float32" forces fp32.
 
-    On CPUs with native bf16 (AVX512-BF16 or AMX) the matmuls run ~4x faster in bf16, even for a
-    128-wide model: a training step is ~2.5x faster (128 wide) to ~3x (384 wide), measured on a
-    2-core EPYC, once attention avoids SDPA's slow bf16 backward (see model.py). `n_embd` is kept
-    for callers; every width qualifies.
+    On some CPUs with native bf16 (AVX512-BF16 or AMX) the matmuls run ~4x faster in bf16, even for
+    a 128-wide model: a training step is ~2.5x faster (128 wide) to ~3x (384 wide), measured on a
+    2-core EPYC, once attention avoids SDPA's slow bf16 backward (see model.py). On others bf16 is
+    slower than fp32, so on a CPU the choice is measured for the model's width (`cpu_bf16_pays`).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -101,9 +101,50 @@ def pick_precision(device: str, dtype: str = "auto", n_embd: int | None = None) 
         import torch
         if torch.cuda.is_bf16_supported():
             return Precision(device, "bfloat16")
-    if base == "cpu" and cpu_has_native_bf16():
+    if base == "cpu" and cpu_bf16_pays(n_embd or 128):
         return Precision(device, "bfloat16")
     return Precision(device, "float32")
+
+
+BF16_MARGIN = 0.85  # bf16 is taken when its matmul takes at most this share of fp32's time
+
+
+@functools.cache  # once a process and width: the answer is the machine's
+def cpu_bf16_pays(n_embd: int = 128) -> bool:
+    """True where this CPU has native bf16 and a training-sized bf16 matmul (a Linear from `n_embd`
+    to 4 × `n_embd` over up to 1024 rows, under autocast as training runs it) is clearly faster than fp32.
+
+    The instructions alone do not say it: on a 2-core Zen 4 EPYC a bf16 step of the default model
+    ran ~2.5x faster than fp32, but on a 2-core Xeon (Emerald Rapids, in a VM that hides AMX)
+    AVX512-BF16's dot product issued at under half of fp32 FMA's rate and the step ran 1.3-1.6x
+    slower. So it is measured: ~10-30 ms, best of 5 alternating rounds of each.
+    """
+    if not cpu_has_native_bf16():
+        return False
+    import torch
+    width = max(16, min(int(n_embd), 1024))
+    rows = max(64, min(1024, 2**24 // width**2))  # fewer rows for a wider model: the probe stays ~1 ms a call
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, width, generator=g), torch.randn(4 * width, width, generator=g)
+    linear = torch.nn.functional.linear
+
+    def fp32():
+        linear(x, w)
+
+    def bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            linear(x, w)
+
+    best = {fp32: float("inf"), bf16: float("inf")}
+    with torch.no_grad():
+        for f in best:
+            f()  # the first call of each sets up its kernels
+        for _ in range(5):
+            for f in best:
+                t0 = time.perf_counter()
+                f()
+                best[f] = min(best[f], time.perf_counter() - t0)
+    return best[bf16] <= BF16_MARGIN * best[fp32]
 
 
 # glibc's mallopt parameters (malloc.h) and the values `keep_freed_memory` sets.

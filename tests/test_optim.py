@@ -143,3 +143,72 @@ def test_state_of_the_other_optimizer_gives_a_fresh_one_and_a_note(data, tmp_pat
     opt, note = restore_optimizer(ck.model, _cfg(optimizer="muon"), "cpu", ck.optimizer_state)
     assert isinstance(opt, MuonAdamW) and not opt.state_dict()["state"]
     assert "AdamW" in note and "fresh" in note and "\n" not in note
+
+
+@pytest.fixture
+def fresh_probe():
+    from minigpt import device
+    device.cpu_bf16_pays.cache_clear()
+    yield device
+    device.cpu_bf16_pays.cache_clear()
+
+
+def test_bf16_is_taken_on_a_cpu_only_where_its_measured_matmul_is_clearly_faster(fresh_probe, monkeypatch):
+    """`auto` on a CPU: bf16 autocast and bf16 Newton–Schulz only where the CPU has native bf16 and the
+    probe times its matmul at ≤ 85% of fp32's; otherwise fp32 (a Xeon whose AVX512-BF16 is slower than
+    its fp32 FMAs trains 1.3-1.6x slower in bf16). Timings are replaced here: 1 ms for fp32 and
+    `ratio` ms for bf16, so the test decides, not the machine."""
+    device = fresh_probe
+    from minigpt.optim import ns_dtype_for
+
+    def fake_clock(ratio):
+        # each probe call reads the clock twice; calls alternate fp32, bf16 after one untimed call of each
+        ticks = iter([t for _ in range(5) for t in (0.0, 1e-3, 0.0, ratio * 1e-3)])
+        return lambda: next(ticks)
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    for ratio, bf16 in ((0.5, True), (0.85, True), (0.95, False), (1.6, False)):
+        device.cpu_bf16_pays.cache_clear()
+        monkeypatch.setattr(device.time, "perf_counter", fake_clock(ratio))
+        assert device.pick_precision("cpu", "auto", 128).dtype == ("bfloat16" if bf16 else "float32")
+        assert ns_dtype_for("cpu", 128) == (torch.bfloat16 if bf16 else torch.float32)  # cached: no clock read
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    device.cpu_bf16_pays.cache_clear()
+    assert not device.cpu_bf16_pays(128) and device.pick_precision("cpu").dtype == "float32"
+    assert device.pick_precision("cpu", "bfloat16").dtype == "bfloat16"  # asked for: given
+    assert ns_dtype_for("cuda", 128) == torch.bfloat16
+
+
+def test_the_real_probe_answers_quickly_and_consistently(fresh_probe):
+    import time
+    t0 = time.perf_counter()
+    first = fresh_probe.cpu_bf16_pays(128)
+    assert time.perf_counter() - t0 < 2.0 and fresh_probe.cpu_bf16_pays(128) is first
+    if not fresh_probe.cpu_has_native_bf16():
+        assert first is False
+
+
+def test_muon_with_fp32_newton_schulz_through_the_kernels_steps_as_through_torch():
+    """fp32 Newton–Schulz (a CPU where bf16 is slow) through the compiled stack and update: the
+    iterations start from the bf16-rounded stack and their result is applied in bf16, so the weights
+    move as torch's fp32 path moves them to bf16 precision."""
+    from minigpt import decode_kernel
+    from minigpt.optim import POLAR_EXPRESS
+    decode_kernel.load(build=True)
+    gen = torch.Generator().manual_seed(6)
+    shapes = [(32, 32), (32, 96), (96, 32)]
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(3)]
+    runs = []
+    for use_kernel in (True, False):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = BatchedMuon(params, lr=0.02, weight_decay=0.1, ns_dtype=torch.float32, ns_schedule=POLAR_EXPRESS[:3],
+                          use_kernel=use_kernel)
+        assert (opt._kernel(params, params) is not None) == use_kernel
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        runs.append(params)
+    for p, q, p0 in zip(*runs, start):
+        assert torch.allclose(p, q, atol=2e-3) and (p - p0).abs().max() > 0.02
