@@ -192,7 +192,8 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
     tokens_per_step = cfg.batch_size * block
     # The cosine runs over `horizon` steps: max_iters, or for a fresh target run a planned horizon
     # (then min_lr until the target or max_iters). Near the end of the plan, where the target is
-    # usually reached, it is checked every 1/20 of the plan, and with the full protocol at the end.
+    # usually reached, it is checked every 1/20 of the plan, with the full protocol at the end, and
+    # after the plan every 1/10 of it.
     horizon = cfg.max_iters
     if cfg.target_val_loss is not None and run.iters == 0:
         horizon = min(horizon, cfg.plan_iters or plan_iters(cfg.target_val_loss, tokens_per_step, cfg.optimizer))
@@ -228,8 +229,12 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
             group["lr"] = group["peak_lr"] * lr / cfg.lr
         plan_end = planned and it + 1 == horizon
         near_end = planned and horizon * 0.8 <= it + 1 < horizon and (it + 1) % check_every == 0
+        # A plan that ended short of the target (another batch, data or model than the plan's table)
+        # goes on at min_lr: checked every tenth of the plan, not only every eval_interval (a 250-step
+        # plan at batch 32 reached 1.90 only at its step-750 eval, 55 s after it got there).
+        past_plan = planned and it + 1 > horizon and (it + 1 - horizon) % (2 * check_every) == 0
         regular = (it + 1) % cfg.eval_interval == 0
-        evaluate = (regular or near_end or plan_end) and has_val
+        evaluate = (regular or near_end or plan_end or past_plan) and has_val
 
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
