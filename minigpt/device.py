@@ -86,7 +86,8 @@ def pick_precision(device: str, dtype: str = "auto", n_embd: int | None = None) 
     On some CPUs with native bf16 (AVX512-BF16 or AMX) the matmuls run ~4x faster in bf16, even for
     a 128-wide model: a training step is ~2.5x faster (128 wide) to ~3x (384 wide), measured on a
     2-core EPYC, once attention avoids SDPA's slow bf16 backward (see model.py). On others bf16 is
-    slower than fp32, so on a CPU the choice is measured for the model's width (`cpu_bf16_pays`).
+    slower than fp32, so on a CPU the choice is measured, once a process (`cpu_bf16_pays`).
+    `n_embd` is kept for callers; the choice is the same at every width.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -101,31 +102,33 @@ def pick_precision(device: str, dtype: str = "auto", n_embd: int | None = None) 
         import torch
         if torch.cuda.is_bf16_supported():
             return Precision(device, "bfloat16")
-    if base == "cpu" and cpu_bf16_pays(n_embd or 128):
+    if base == "cpu" and cpu_bf16_pays():
         return Precision(device, "bfloat16")
     return Precision(device, "float32")
 
 
 BF16_MARGIN = 0.85  # bf16 is taken when its matmul takes at most this share of fp32's time
+PROBE_ROUNDS = 9    # alternating rounds of each; the best of each is compared
 
 
-@functools.cache  # once a process and width: the answer is the machine's
-def cpu_bf16_pays(n_embd: int = 128) -> bool:
-    """True where this CPU has native bf16 and a training-sized bf16 matmul (a Linear from `n_embd`
-    to 4 × `n_embd` over up to 1024 rows, under autocast as training runs it) is clearly faster than fp32.
+@functools.cache  # once a process: the answer is the machine's
+def cpu_bf16_pays() -> bool:
+    """True where this CPU has native bf16 and a training-sized bf16 matmul (the default model's
+    MLP Linear, 128 to 512 over 1024 rows, under autocast as training runs it) is clearly faster
+    than fp32.
 
     The instructions alone do not say it: on a 2-core Zen 4 EPYC a bf16 step of the default model
-    ran ~2.5x faster than fp32, but on a 2-core Xeon (Emerald Rapids, in a VM that hides AMX)
-    AVX512-BF16's dot product issued at under half of fp32 FMA's rate and the step ran 1.3-1.6x
-    slower. So it is measured: ~10-30 ms, best of 5 alternating rounds of each.
+    ran ~2.5x faster than fp32 (384 wide: ~3x), but on a 2-core Xeon (Emerald Rapids, in a VM that
+    hides AMX) AVX512-BF16's dot product issued at under half of fp32 FMA's rate and the step ran
+    1.3-1.6x slower. So it is measured, once for every width (neighbouring widths must not get
+    different answers from the noise): ~30 ms, the best of 9 alternating rounds of each, so that a
+    busy moment (a page load while another session trains) slows a few rounds, not the verdict.
     """
     if not cpu_has_native_bf16():
         return False
     import torch
-    width = max(16, min(int(n_embd), 1024))
-    rows = max(64, min(1024, 2**24 // width**2))  # fewer rows for a wider model: the probe stays ~1 ms a call
     g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(rows, width, generator=g), torch.randn(4 * width, width, generator=g)
+    x, w = torch.randn(1024, 128, generator=g), torch.randn(512, 128, generator=g)
     linear = torch.nn.functional.linear
 
     def fp32():
@@ -139,7 +142,7 @@ def cpu_bf16_pays(n_embd: int = 128) -> bool:
     with torch.no_grad():
         for f in best:
             f()  # the first call of each sets up its kernels
-        for _ in range(5):
+        for _ in range(PROBE_ROUNDS):
             for f in best:
                 t0 = time.perf_counter()
                 f()

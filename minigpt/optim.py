@@ -188,11 +188,11 @@ def optimizer_kind(optimizer) -> str:
     return "muon" if isinstance(optimizer, MuonAdamW) else "adamw"
 
 
-def ns_dtype_for(device: str, width: int) -> torch.dtype:
-    """Newton–Schulz's dtype: bf16 on a GPU, and on a CPU where bf16 matmuls of this width pay
-    (device.cpu_bf16_pays); else fp32 (on a CPU with slow bf16, a step's iterations: ~9.7 ms in fp32
-    against ~11.8 in bf16 for the default model, 2-core Xeon)."""
-    if device.split(":")[0] == "cpu" and not cpu_bf16_pays(width):
+def ns_dtype_for(device: str) -> torch.dtype:
+    """Newton–Schulz's dtype: bf16 on a GPU, and on a CPU where bf16 matmuls pay (device.cpu_bf16_pays);
+    else fp32 (on a CPU with slow bf16, a step's iterations: ~9.7 ms in fp32 against ~11.8 in bf16
+    for the default model, 2-core Xeon)."""
+    if device.split(":")[0] == "cpu" and not cpu_bf16_pays():
         return torch.float32
     return torch.bfloat16
 
@@ -221,7 +221,7 @@ def make_optimizer(model, cfg, device: str):
     # default recipe sees Tiny Shakespeare ~3.5 times and overfits; 0.1 took the shipped model's full-val
     # from 1.527 to 1.514 in the same 1750 steps (0.25: 1.523).
     muon = BatchedMuon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=0.95,
-                       ns_dtype=ns_dtype_for(device, min(hidden[0].shape)), ns_schedule=POLAR_EXPRESS[:POLAR_EXPRESS_STEPS],
+                       ns_dtype=ns_dtype_for(device), ns_schedule=POLAR_EXPRESS[:POLAR_EXPRESS_STEPS],
                        use_kernel=getattr(model, "training_kernels", True))
     for g in adamw.param_groups:
         g.update(kind="adamw", peak_lr=cfg.lr)

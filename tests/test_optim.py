@@ -163,7 +163,7 @@ def test_bf16_is_taken_on_a_cpu_only_where_its_measured_matmul_is_clearly_faster
 
     def fake_clock(ratio):
         # each probe call reads the clock twice; calls alternate fp32, bf16 after one untimed call of each
-        ticks = iter([t for _ in range(5) for t in (0.0, 1e-3, 0.0, ratio * 1e-3)])
+        ticks = iter([t for _ in range(device.PROBE_ROUNDS) for t in (0.0, 1e-3, 0.0, ratio * 1e-3)])
         return lambda: next(ticks)
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
@@ -171,17 +171,18 @@ def test_bf16_is_taken_on_a_cpu_only_where_its_measured_matmul_is_clearly_faster
         device.cpu_bf16_pays.cache_clear()
         monkeypatch.setattr(device.time, "perf_counter", fake_clock(ratio))
         assert device.pick_precision("cpu", "auto", 128).dtype == ("bfloat16" if bf16 else "float32")
-        assert ns_dtype_for("cpu", 128) == (torch.bfloat16 if bf16 else torch.float32)  # cached: no clock read
+        assert ns_dtype_for("cpu") == (torch.bfloat16 if bf16 else torch.float32)  # cached: no clock read
+        assert device.pick_precision("cpu", "auto", 384).dtype == device.pick_precision("cpu").dtype
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     device.cpu_bf16_pays.cache_clear()
-    assert not device.cpu_bf16_pays(128) and device.pick_precision("cpu").dtype == "float32"
+    assert not device.cpu_bf16_pays() and device.pick_precision("cpu").dtype == "float32"
     assert device.pick_precision("cpu", "bfloat16").dtype == "bfloat16"  # asked for: given
-    assert ns_dtype_for("cuda", 128) == torch.bfloat16
+    assert ns_dtype_for("cuda") == torch.bfloat16
 
 
-def test_the_real_probe_answers_once_per_width_and_never_without_native_bf16(fresh_probe):
-    first = fresh_probe.cpu_bf16_pays(128)
-    assert isinstance(first, bool) and fresh_probe.cpu_bf16_pays(128) is first
+def test_the_real_probe_answers_once_and_never_without_native_bf16(fresh_probe):
+    first = fresh_probe.cpu_bf16_pays()
+    assert isinstance(first, bool) and fresh_probe.cpu_bf16_pays() is first
     assert fresh_probe.cpu_bf16_pays.cache_info().misses == 1
     if not fresh_probe.cpu_has_native_bf16():
         assert first is False

@@ -42,8 +42,7 @@ def device_line() -> str:
     """Where training runs, in which dtype, and the versions (makes the Playground: imports torch)."""
     dev = PLAYGROUND.device  # waits for the warm-up (or makes the Playground now)
     import torch
-    small, wide = pick_precision(dev, "auto", 128).dtype, pick_precision(dev, "auto", 384).dtype
-    dtype = small if small == wide else f"{small} (bfloat16 from 256 wide)"
+    dtype = pick_precision(dev, "auto").dtype  # the same at every width
     return f"running on <b>{dev}</b> · training in {dtype} · torch {torch.__version__} · minigpt {__version__}"
 
 
