@@ -108,22 +108,27 @@ def pick_precision(device: str, dtype: str = "auto", n_embd: int | None = None) 
 
 
 BF16_MARGIN = 0.85  # bf16 is taken when its matmul takes at most this share of fp32's time
-PROBE_ROUNDS = 9    # alternating rounds of each; the best of each is compared
+PROBE_ROUNDS = 9    # rounds of one fp32 and one bf16 call, back to back; their median ratio decides
+BF16_ENV = "MINIGPT_CPU_BF16"  # "1" or "0": the verdict given, not measured (torchrun's ranks get rank 0's)
 
 
 @functools.cache  # once a process: the answer is the machine's
 def cpu_bf16_pays() -> bool:
     """True where this CPU has native bf16 and a training-sized bf16 matmul (the default model's
     MLP Linear, 128 to 512 over 1024 rows, under autocast as training runs it) is clearly faster
-    than fp32.
+    than fp32; $MINIGPT_CPU_BF16 ("1" / "0") gives the answer instead.
 
     The instructions alone do not say it: on a 2-core Zen 4 EPYC a bf16 step of the default model
     ran ~2.5x faster than fp32 (384 wide: ~3x), but on a 2-core Xeon (Emerald Rapids, in a VM that
     hides AMX) AVX512-BF16's dot product issued at under half of fp32 FMA's rate and the step ran
     1.3-1.6x slower. So it is measured, once for every width (neighbouring widths must not get
-    different answers from the noise): ~30 ms, the best of 9 alternating rounds of each, so that a
-    busy moment (a page load while another session trains) slows a few rounds, not the verdict.
+    different answers from the noise): ~30 ms, 9 rounds of one call of each back to back, and the
+    median of their ratios decides, so that a busy moment (a page load while another session
+    trains, two torchrun ranks starting together) distorts a few rounds, not the verdict.
     """
+    given = os.environ.get(BF16_ENV, "").strip()
+    if given in ("0", "1"):
+        return given == "1"
     if not cpu_has_native_bf16():
         return False
     import torch
@@ -131,23 +136,16 @@ def cpu_bf16_pays() -> bool:
     x, w = torch.randn(1024, 128, generator=g), torch.randn(512, 128, generator=g)
     linear = torch.nn.functional.linear
 
-    def fp32():
-        linear(x, w)
-
-    def bf16():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    def timed(bf16: bool) -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             linear(x, w)
+        return time.perf_counter() - t0
 
-    best = {fp32: float("inf"), bf16: float("inf")}
     with torch.no_grad():
-        for f in best:
-            f()  # the first call of each sets up its kernels
-        for _ in range(PROBE_ROUNDS):
-            for f in best:
-                t0 = time.perf_counter()
-                f()
-                best[f] = min(best[f], time.perf_counter() - t0)
-    return best[bf16] <= BF16_MARGIN * best[fp32]
+        timed(False), timed(True)  # the first call of each sets up its kernels
+        ratios = sorted(timed(True) / max(timed(False), 1e-9) for _ in range(PROBE_ROUNDS))
+    return ratios[len(ratios) // 2] <= BF16_MARGIN
 
 
 # glibc's mallopt parameters (malloc.h) and the values `keep_freed_memory` sets.

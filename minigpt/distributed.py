@@ -116,7 +116,21 @@ def setup(device: str = "auto") -> Team | None:
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    if device == "cpu":
+        agree_on_bf16(rank)
     return Team(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def agree_on_bf16(rank: int) -> bool:
+    """Every rank takes rank 0's verdict on CPU bf16 (device.cpu_bf16_pays: the autocast dtype and
+    Muon's Newton–Schulz dtype), so the replicas compute alike. Measured by each rank, a verdict
+    could differ from one rank to the next while they start together; the replicas would drift."""
+    from . import device as dev
+    verdict = torch.tensor([float(dev.cpu_bf16_pays()) if rank == 0 else 0.0])
+    dist.broadcast(verdict, src=0)
+    os.environ[dev.BF16_ENV] = "1" if verdict.item() else "0"
+    dev.cpu_bf16_pays.cache_clear()
+    return dev.cpu_bf16_pays()
 
 
 def teardown(team: Team | None, wait: bool = True) -> None:

@@ -68,7 +68,8 @@ def _worker(out_dir: str):
     out = Path(out_dir)
     team = distributed.setup("cpu")
     r = team.rank
-    result = {}
+    from minigpt.device import cpu_bf16_pays
+    result = {"bf16": cpu_bf16_pays()}
     # 1. One step, each rank on its half of the fixed batch; then with two micro-steps each.
     run, x, y = _fixed_run()
     h = BATCH // 2
@@ -102,11 +103,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tmp_path, world=2):
+def _launch(tmp_path, world=2, bf16=None):
+    """Run `_worker` as `world` ranks; `bf16`: each rank's own $MINIGPT_CPU_BF16 (rank 0's is the one
+    they all take), by default this process's verdict, so the ranks compute as this process does."""
+    from minigpt import device
+    bf16 = bf16 or ["1" if device.cpu_bf16_pays() else "0"] * world
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world),
            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     code = f"import test_distributed as t; t._worker({str(tmp_path)!r})"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+    procs = [subprocess.Popen([sys.executable, "-c", code],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r), device.BF16_ENV: bf16[r]},
                               stderr=subprocess.PIPE, text=True) for r in range(world)]
     errors = [p.communicate(timeout=240)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(errors)
@@ -130,6 +136,14 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert ranks[0]["stop"] == ("stopped", 7, True) and ranks[1]["stop"] == ("stopped", 7, False)
     assert ranks[0]["time"] == ranks[1]["time"] and ranks[0]["time"][0] == "max_seconds"
     assert _max_diff(ranks[0]["time_weights"], ranks[1]["time_weights"]) == 0.0
+
+
+def test_ranks_take_rank_0s_bf16_verdict(tmp_path):
+    """Each rank's own verdict on CPU bf16 (here given by $MINIGPT_CPU_BF16: rank 0 says no, rank 1
+    yes) gives way to rank 0's, so the replicas compute alike."""
+    ranks = _launch(tmp_path, bf16=["0", "1"])
+    assert [r["bf16"] for r in ranks] == [False, False]
+    assert _max_diff(ranks[0]["ddp"], ranks[1]["ddp"]) == 0.0
 
 
 def test_gradient_accumulation_equals_the_whole_batch():

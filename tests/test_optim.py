@@ -162,10 +162,12 @@ def test_bf16_is_taken_on_a_cpu_only_where_its_measured_matmul_is_clearly_faster
     from minigpt.optim import ns_dtype_for
 
     def fake_clock(ratio):
-        # each probe call reads the clock twice; calls alternate fp32, bf16 after one untimed call of each
-        ticks = iter([t for _ in range(device.PROBE_ROUNDS) for t in (0.0, 1e-3, 0.0, ratio * 1e-3)])
+        # each call reads the clock twice: one call of each to warm up, then rounds of bf16 and fp32
+        rounds = [(0.0, ratio * 1e-3, 0.0, 1e-3)] * device.PROBE_ROUNDS
+        ticks = iter([t for r in [(0.0, 1.0, 0.0, 1.0)] + rounds for t in r])
         return lambda: next(ticks)
 
+    monkeypatch.delenv(device.BF16_ENV, raising=False)
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     for ratio, bf16 in ((0.5, True), (0.85, True), (0.95, False), (1.6, False)):
         device.cpu_bf16_pays.cache_clear()
@@ -178,6 +180,10 @@ def test_bf16_is_taken_on_a_cpu_only_where_its_measured_matmul_is_clearly_faster
     assert not device.cpu_bf16_pays() and device.pick_precision("cpu").dtype == "float32"
     assert device.pick_precision("cpu", "bfloat16").dtype == "bfloat16"  # asked for: given
     assert ns_dtype_for("cuda") == torch.bfloat16
+    for given in ("1", "0"):  # given, not measured (torchrun's ranks take rank 0's this way)
+        monkeypatch.setenv(device.BF16_ENV, given)
+        device.cpu_bf16_pays.cache_clear()
+        assert device.cpu_bf16_pays() is (given == "1")
 
 
 def test_the_real_probe_answers_once_and_never_without_native_bf16(fresh_probe):
