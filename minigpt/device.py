@@ -108,7 +108,7 @@ def pick_precision(device: str, dtype: str = "auto", n_embd: int | None = None) 
 
 
 BF16_MARGIN = 0.85  # bf16 is taken when its matmul takes at most this share of fp32's time
-PROBE_ROUNDS = 9    # rounds of one fp32 and one bf16 call, back to back; their median ratio decides
+PROBE_ROUNDS = 15   # rounds of one fp32 and one bf16 call, back to back; their median ratio decides
 BF16_ENV = "MINIGPT_CPU_BF16"  # "1" or "0": the verdict given, not measured (torchrun's ranks get rank 0's)
 
 
@@ -122,7 +122,7 @@ def cpu_bf16_pays() -> bool:
     ran ~2.5x faster than fp32 (384 wide: ~3x), but on a 2-core Xeon (Emerald Rapids, in a VM that
     hides AMX) AVX512-BF16's dot product issued at under half of fp32 FMA's rate and the step ran
     1.3-1.6x slower. So it is measured, once for every width (neighbouring widths must not get
-    different answers from the noise): ~30 ms, 9 rounds of one call of each back to back, and the
+    different answers from the noise): ~40 ms, 15 rounds of one call of each back to back, and the
     median of their ratios decides, so that a busy moment (a page load while another session
     trains, two torchrun ranks starting together) distorts a few rounds, not the verdict.
     """
@@ -142,9 +142,13 @@ def cpu_bf16_pays() -> bool:
             linear(x, w)
         return time.perf_counter() - t0
 
+    def ratio(i: int) -> float:  # bf16 first in even rounds, fp32 first in odd ones: no order bias
+        bf16, fp32 = (timed(True), timed(False)) if i % 2 == 0 else reversed((timed(False), timed(True)))
+        return bf16 / max(fp32, 1e-9)
+
     with torch.no_grad():
         timed(False), timed(True)  # the first call of each sets up its kernels
-        ratios = sorted(timed(True) / max(timed(False), 1e-9) for _ in range(PROBE_ROUNDS))
+        ratios = sorted(ratio(i) for i in range(PROBE_ROUNDS))
     return ratios[len(ratios) // 2] <= BF16_MARGIN
 
 

@@ -162,8 +162,10 @@ def test_bf16_is_taken_on_a_cpu_only_where_its_measured_matmul_is_clearly_faster
     from minigpt.optim import ns_dtype_for
 
     def fake_clock(ratio):
-        # each call reads the clock twice: one call of each to warm up, then rounds of bf16 and fp32
-        rounds = [(0.0, ratio * 1e-3, 0.0, 1e-3)] * device.PROBE_ROUNDS
+        # each call reads the clock twice: one call of each to warm up, then rounds of both, bf16 first
+        # in even rounds and fp32 first in odd ones
+        rounds = [(0.0, ratio * 1e-3, 0.0, 1e-3) if i % 2 == 0 else (0.0, 1e-3, 0.0, ratio * 1e-3)
+                  for i in range(device.PROBE_ROUNDS)]
         ticks = iter([t for r in [(0.0, 1.0, 0.0, 1.0)] + rounds for t in r])
         return lambda: next(ticks)
 
