@@ -146,9 +146,18 @@ def cpu_bf16_pays() -> bool:
         bf16, fp32 = (timed(True), timed(False)) if i % 2 == 0 else reversed((timed(False), timed(True)))
         return bf16 / max(fp32, 1e-9)
 
-    with torch.no_grad():
-        timed(False), timed(True)  # the first call of each sets up its kernels
-        ratios = sorted(ratio(i) for i in range(PROBE_ROUNDS))
+    # On one thread: with two, a core taken by other work (a C++ build, another session) stalls fp32's
+    # and bf16's kernels unequally at their barriers, and the CI's page once measured bf16 "faster"
+    # during the kernels' build. torch's count is put back at once (a thread that makes its first
+    # torch call in these ~40 ms would keep one thread: the page probes as it makes its Playground).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            timed(False), timed(True)  # the first call of each sets up its kernels
+            ratios = sorted(ratio(i) for i in range(PROBE_ROUNDS))
+    finally:
+        torch.set_num_threads(threads)
     return ratios[len(ratios) // 2] <= BF16_MARGIN
 
 
