@@ -143,7 +143,12 @@ def cpu_bf16_pays() -> bool:
         return time.perf_counter() - t0
 
     def ratio(i: int) -> float:  # bf16 first in even rounds, fp32 first in odd ones: no order bias
-        bf16, fp32 = (timed(True), timed(False)) if i % 2 == 0 else reversed((timed(False), timed(True)))
+        if i % 2:
+            fp32 = timed(False)
+            bf16 = timed(True)
+        else:
+            bf16 = timed(True)
+            fp32 = timed(False)
         return bf16 / max(fp32, 1e-9)
 
     # On one thread: with two, a core taken by other work (a C++ build, another session) stalls fp32's

@@ -121,7 +121,7 @@ def setup(device: str = "auto") -> Team | None:
     return Team(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def agree_on_bf16(rank: int) -> bool:
+def agree_on_bf16(rank: int) -> None:
     """Every rank takes rank 0's verdict on CPU bf16 (device.cpu_bf16_pays: the autocast dtype and
     Muon's Newton–Schulz dtype), so the replicas compute alike. Measured by each rank, a verdict
     could differ from one rank to the next while they start together; the replicas would drift."""
@@ -129,8 +129,7 @@ def agree_on_bf16(rank: int) -> bool:
     verdict = torch.tensor([float(dev.cpu_bf16_pays()) if rank == 0 else 0.0])
     dist.broadcast(verdict, src=0)
     os.environ[dev.BF16_ENV] = "1" if verdict.item() else "0"
-    dev.cpu_bf16_pays.cache_clear()
-    return dev.cpu_bf16_pays()
+    dev.cpu_bf16_pays.cache_clear()  # the next call reads the verdict given
 
 
 def teardown(team: Team | None, wait: bool = True) -> None:
