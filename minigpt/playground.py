@@ -158,13 +158,15 @@ class Playground:
         return len(idle)
 
     def drop(self, key: str) -> "Session | None":
-        """Forget a session (its tab closed): stop its training; the model goes with the last reference.
+        """Forget a session (its tab closed): stop its training, generation and comparison; the model
+        goes with the last reference.
         Returns the session dropped (None if there was none)."""
         with self._lock:
             s = self._sessions.pop(key, None)
         self.training_queue.cancel_key(key)  # a run still waiting for its turn never starts
         if s is not None:
             s.stop_event.set()
+            s.closed.set()  # its generation or comparison, still running, ends at its next token
         return s
 
     def __len__(self) -> int:

@@ -1,6 +1,6 @@
 """A classroom of 30 against `python app.py` on 127.0.0.1 (issue 16's measurement, kept as a test).
 
-30 gradio_client sessions start at once. Ten of them press Start (/train, a 10 s budget, each with
+30 gradio_client sessions start at once. Ten of them press Start (/train, a 5 s budget, each with
 its own seed) against MINIGPT_MAX_TRAINING_JOBS=1, so nine wait in the training queue. Meanwhile
 every session runs the interactive script ROUNDS times: model info, estimate, tokenizer, a 4-way
 Compare of 100 tokens, the next-token view and attention. At the end each session asks for its
@@ -35,7 +35,7 @@ from loadkit import app_server, client, cpu_seconds, figures, reported, rss_mb, 
 SESSIONS = 30
 TRAINERS = 10
 ROUNDS = 2
-TRAIN_SECONDS = 10  # the runs queue one after another: 10 of them set most of the test's time (20 s: ~240 s of a 17-min suite on a slower machine)
+TRAIN_SECONDS = 5  # the runs queue one after another: 10 of them set most of the test's time (10 s each: 140-195 s of a 15-16 min suite)
 PEAK_RSS_LIMIT_MB = 2048
 REPORT = ROOT / "test-output" / "classroom-report.json"
 PLACE = re.compile(r"place \d+ of \d+")  # in the status of a run waiting for its turn

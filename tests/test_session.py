@@ -331,6 +331,21 @@ def test_generate_records_cache_speeds(pg):
     assert set(s.cache_speed) == {"on", "off"} and all(v > 0 for v in s.cache_speed.values())
 
 
+def test_a_closed_tabs_generation_and_comparison_end_at_their_next_token(pg):
+    """Gradio goes on running a closed tab's event: dropping the session ends its decoding loops,
+    without final results."""
+    from minigpt.sampling import SamplingConfig
+    s = pg.session("gone")
+    gen = s.generate("First", 500, SamplingConfig("greedy"), 1, interval=0.0)
+    comp = s.compare("First", 500, 1, sampling_columns(), interval=0.0)
+    text, stats = next(gen)
+    columns = next(comp)
+    assert not stats["done"] and not any(c["done"] for c in columns)
+    pg.drop("gone")
+    assert list(gen) == [] and list(comp) == []
+    assert s.comparison == {} and "on" not in s.cache_speed  # nothing of the unfinished runs is kept
+
+
 def test_prompts_longer_than_the_context_are_noted_and_huge_ones_refused(pg):
     from minigpt.sampling import SamplingConfig
     s = pg.session("long")

@@ -83,6 +83,8 @@ def generate(prompt, tokens, strategy, temperature, top_k, top_p, seed, use_cach
     for text, stats in s.generate(prompt, tokens, sampling, seed, use_cache=bool(use_cache)):
         if not stats["done"]:
             yield (prompt or "") + text, gr.skip(), gr.skip()
+    if not stats.get("done"):
+        return  # the tab closed mid-way: nobody to show the figures to
     words = (f"{stats['tokens']} tokens in {stats['seconds']:.2f} s = **{stats['tokens_per_s']:.0f} tokens/s** "
              f"with the KV cache **{'on' if use_cache else 'off'}** · perplexity {stats['perplexity']:.2f}")
     if use_cache and stats["tokens"] > stats["cache_full_after"]:
