@@ -17,6 +17,9 @@ what a complete state holds for a model, so the loader can refuse an incomplete 
 
 from __future__ import annotations
 
+import inspect
+import sys
+
 import torch
 
 from .config import OPTIMIZERS  # noqa: F401  (the names; defined torch-free there)
@@ -184,6 +187,41 @@ class MuonAdamW:
         self.muon.load_state_dict({"state": m_state, "param_groups": self.muon.state_dict()["param_groups"]})
 
 
+# torch.optim.Optimizer's methods that torch wraps in torch._disable_dynamo (torch/_compile.py).
+DYNAMO_DISABLED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
+def skip_dynamo_import() -> bool:
+    """Spare a process the import of torch._dynamo that its first optimizer costs (~2 s on the 2-core
+    build machines, more than torch itself, in a target run of ~30 s); with `AdamW` below.
+
+    Why it is imported: torch wraps these Optimizer methods in `torch._disable_dynamo`, which on its
+    first call imports dynamo only to mark the method as never to be compiled, and caches the marked
+    method on the function (`__dynamo_disable`). minigpt never compiles (eager training, its own C++
+    kernels), so where dynamo is not loaded yet each method is cached as itself: the call is the
+    same. A program that compiles after this still gets dynamo; these methods are then traceable.
+    Returns whether every method was found as torch wraps it (else nothing is changed for it)."""
+    if "torch._dynamo" in sys.modules:
+        return False
+    found = True
+    for name in DYNAMO_DISABLED:
+        inner = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
+        if inner is None:
+            found = False
+        elif getattr(inner, "__dynamo_disable", None) is None:
+            setattr(inner, "__dynamo_disable", inner)
+    return found
+
+
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW, stepped without the wrapper of `Adam.step` that imports torch._dynamo at every
+    call (for a graph break under torch.compile) and turns gradients off: here `no_grad` does that."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        return inspect.unwrap(torch.optim.Adam.step)(self, closure)
+
+
 def optimizer_kind(optimizer) -> str:
     return "muon" if isinstance(optimizer, MuonAdamW) else "adamw"
 
@@ -199,12 +237,13 @@ def ns_dtype_for(device: str) -> torch.dtype:
 
 def make_optimizer(model, cfg, device: str):
     """The optimizer `cfg.optimizer` names, for `model`; each group carries its kind and peak lr."""
+    skip_dynamo_import()
     extra = {"fused": True} if device.split(":")[0] in ("cpu", "cuda") else {}
     kind = getattr(cfg, "optimizer", "adamw")
     if kind == "adamw":
         decay, no_decay = decay_split(model)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), **extra)
+        opt = AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), **extra)
         for g in opt.param_groups:
             g.update(kind="adamw", peak_lr=cfg.lr)
         return opt
@@ -212,7 +251,7 @@ def make_optimizer(model, cfg, device: str):
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
     hidden, decay, no_decay = muon_split(model)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    adamw = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, cfg.beta2), **extra)
+    adamw = AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, cfg.beta2), **extra)
     if not hidden:  # the bigram model has no blocks: AdamW does everything
         for g in adamw.param_groups:
             g.update(kind="adamw", peak_lr=cfg.lr)

@@ -220,3 +220,48 @@ def test_muon_with_fp32_newton_schulz_through_the_kernels_steps_as_through_torch
         runs.append(params)
     for p, q, p0 in zip(*runs, start):
         assert torch.allclose(p, q, atol=2e-3) and (p - p0).abs().max() > 0.02
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_steps_exactly_as_torchs(fused):
+    """minigpt's AdamW only skips the wrapper of torch's step: the same arithmetic, to the bit."""
+    from minigpt.optim import AdamW
+    torch.manual_seed(0)
+    ref = [torch.randn(8, 4, requires_grad=True), torch.randn(4, requires_grad=True)]
+    ours = [p.detach().clone().requires_grad_() for p in ref]
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, fused=fused)
+    opts = torch.optim.AdamW(ref, **kw), AdamW(ours, **kw)
+    for step in range(3):
+        g = [torch.randn_like(p) for p in ref]
+        for params, opt in zip((ref, ours), opts):
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(ref, ours)) and torch.is_grad_enabled()
+
+
+def test_training_never_imports_dynamo():
+    """torch imports torch._dynamo (~2 s, more than torch) for an optimizer's first step and methods;
+    minigpt never compiles, and a training process (both optimizers, a checkpoint's state round trip)
+    never loads it."""
+    code = """
+import sys, threading
+from minigpt.cli import build_parser, build_run
+from minigpt.limits import Limits
+from minigpt.optim import skip_dynamo_import
+from minigpt.train import TrainConfig, train
+limits = Limits.from_env()
+for kind in ("muon", "adamw"):
+    run = build_run(build_parser().parse_args(["train", "--n-embd", "32", "--n-layer", "1", "--n-head", "2",
+                                               "--block-size", "16"]), limits)
+    for _ in train(run, TrainConfig(optimizer=kind, max_iters=3, eval_interval=2, batch_size=4), threading.Event(), limits):
+        pass
+    run.optimizer.load_state_dict(run.optimizer.state_dict())
+print(skip_dynamo_import(), "torch._dynamo" in sys.modules)
+"""
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr
