@@ -12,7 +12,7 @@ import math
 import platform
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 import torch
@@ -47,10 +47,19 @@ PLAN_TABLE = ((400, 2.16), (600, 2.015), (800, 1.92), (1000, 1.87), (1500, 1.757
 PLAN_TOKENS_PER_STEP = 16 * 64
 # The same for Muon, the default (muon_lr 0.03 with weight decay 0.1, lr 6e-3 → 6e-5, batch 48): it
 # learns far more per step. Measured 2026-11-29 23:00-23:20 UTC with `train --max-iters H --batch-size 48`,
-# seed 1337 (a 150-step run spends a third of itself in the 50-step warmup). At batch 32 it was
-# ((150, 2.219), (300, 1.874), (500, 1.713), (800, 1.612), (1500, 1.539), (3000, 1.481)).
-MUON_PLAN_TABLE = ((150, 2.160), (300, 1.785), (500, 1.652), (800, 1.577), (1500, 1.508), (3000, 1.474))
+# seed 1337; at batch 32 it was ((150, 2.219), (300, 1.874), (500, 1.713), (800, 1.612), (1500, 1.539),
+# (3000, 1.481)). Plans under SHORT_PLAN steps train with SHORT_PLAN_RECIPE, and their points are its
+# (measured 2026-11-30 11:00-11:20 UTC on the 2-core Xeon; the default recipe there: 150 → 2.160,
+# 200 → 1.970, 300 → 1.784, 450 → 1.676).
+MUON_PLAN_TABLE = ((150, 2.032), (200, 1.900), (300, 1.763), (450, 1.672), (500, 1.652), (800, 1.577),
+                   (1500, 1.508), (3000, 1.474))
 MUON_PLAN_TOKENS_PER_STEP = 48 * 64
+# A short cosine wants a short warmup and a higher peak: the default's 50 warmup steps are a quarter of
+# a 200-step plan. Muon's peak 0.05 (0.04: +0.012, 0.06: +0.005, 0.08: +0.06) and 10 warmup steps (25:
+# +0.007) ended a 200-step plan 0.07 lower than the default recipe, a 300-step one 0.021 lower and a
+# 450-step one 0.003 lower; over 1750 steps a higher peak than 0.03 ends higher (0.04: +0.010).
+SHORT_PLAN = 450
+SHORT_PLAN_RECIPE = {"muon_lr": 0.05, "warmup_iters": 10}
 PLAN_MARGIN = 0.03  # plan for a schedule ending this far below the target: the run stops on the way
 
 
@@ -71,6 +80,16 @@ def plan_iters(target: float, tokens_per_step: int | None = None, optimizer: str
     (h0, l0), (h1, l1) = pts[i - 1], pts[i]
     log_h = math.log(h0) + (goal - l0) / (l1 - l0) * (math.log(h1) - math.log(h0))
     return max(1, round(math.exp(log_h) * base / tokens_per_step))
+
+
+def short_plan_recipe(cfg: TrainConfig, horizon: int) -> TrainConfig:
+    """The config a fresh Muon target run planned over `horizon` steps trains with: SHORT_PLAN_RECIPE
+    in place of the defaults' Muon peak and warmup when the plan is shorter than SHORT_PLAN; a value
+    set away from the default is kept, and any other run's config is returned as it is."""
+    default = TrainConfig()
+    if cfg.optimizer != "muon" or horizon >= SHORT_PLAN:
+        return cfg
+    return replace(cfg, **{k: v for k, v in SHORT_PLAN_RECIPE.items() if getattr(cfg, k) == getattr(default, k)})
 
 
 @dataclass
@@ -160,6 +179,16 @@ def train(run: Run, cfg: TrainConfig, stop: threading.Event | None = None, limit
 
 def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
     cfg.validate(limits)
+    block = run.model.config.block_size
+    tokens_per_step = cfg.batch_size * block
+    # The cosine runs over `horizon` steps: max_iters, or for a fresh target run a planned horizon
+    # (then min_lr until the target or max_iters). Near the end of the plan, where the target is
+    # usually reached, it is checked every 1/20 of the plan, with the full protocol at the end, and
+    # after the plan every 1/10 of it.
+    horizon = cfg.max_iters
+    if cfg.target_val_loss is not None and run.iters == 0:
+        horizon = min(horizon, cfg.plan_iters or plan_iters(cfg.target_val_loss, tokens_per_step, cfg.optimizer))
+        cfg = short_plan_recipe(cfg, horizon)
     run.last_train_config = asdict(cfg)
     world = team.world_size if team is not None else 1
     main = team is None or team.is_main
@@ -168,7 +197,6 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of grad_accum ({cfg.grad_accum}) "
                          f"× processes ({world})")
     model, precision = run.model, run.precision
-    block = model.config.block_size
     device = precision.device
     fresh = run.optimizer is None or optimizer_kind(run.optimizer) != cfg.optimizer
     if fresh:
@@ -189,14 +217,6 @@ def _train(run: Run, cfg: TrainConfig, stop, limits, team, tuner):
     good = _snapshot(model)
     sync_every = 1 if device.split(":")[0] == "cpu" else 10  # reading the loss is a host sync on GPUs
     warmup = run.iters == 0 or fresh  # a continued run's optimizer is already warmed up
-    tokens_per_step = cfg.batch_size * block
-    # The cosine runs over `horizon` steps: max_iters, or for a fresh target run a planned horizon
-    # (then min_lr until the target or max_iters). Near the end of the plan, where the target is
-    # usually reached, it is checked every 1/20 of the plan, with the full protocol at the end, and
-    # after the plan every 1/10 of it.
-    horizon = cfg.max_iters
-    if cfg.target_val_loss is not None and run.iters == 0:
-        horizon = min(horizon, cfg.plan_iters or plan_iters(cfg.target_val_loss, tokens_per_step, cfg.optimizer))
     planned = horizon < cfg.max_iters
     check_every = max(1, horizon // 20)
     yield Start(device=device, dtype=precision.dtype, params=model.num_params(),

@@ -314,6 +314,32 @@ def test_target_run_decays_over_its_plan_and_checks_near_its_end_and_after(small
     assert events[-1].reason == "max_iters" and events[-1].final_val_loss > 0.01
 
 
+def test_a_short_muon_plan_trains_with_the_short_plan_recipe(small_text):
+    """A fresh Muon target run planned under SHORT_PLAN steps takes SHORT_PLAN_RECIPE where its config
+    has the defaults (a value set by hand stays), and its run card says what it trained with; a long
+    plan, AdamW and a run without a target keep their config."""
+    import torch
+
+    from minigpt.data import split_ids
+    from minigpt.tokenizers import CharTokenizer
+    from minigpt.train import SHORT_PLAN, SHORT_PLAN_RECIPE, Run, TrainConfig, short_plan_recipe, train
+    default = TrainConfig()
+    assert short_plan_recipe(default, SHORT_PLAN - 1) == TrainConfig(**SHORT_PLAN_RECIPE)
+    assert short_plan_recipe(TrainConfig(muon_lr=0.02), 200).muon_lr == 0.02
+    assert short_plan_recipe(TrainConfig(muon_lr=0.02), 200).warmup_iters == SHORT_PLAN_RECIPE["warmup_iters"]
+    for cfg, horizon in ((default, SHORT_PLAN), (TrainConfig(optimizer="adamw"), 100)):
+        assert short_plan_recipe(cfg, horizon) == cfg
+    tok = CharTokenizer.from_text(small_text)
+
+    def card(**kw):
+        run = Run.create(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32), tok,
+                         split_ids(torch.tensor(tok.encode(small_text))), device="cpu", dtype="float32")
+        list(train(run, TrainConfig(max_iters=4, eval_interval=100, eval_iters=1, batch_size=4, **kw)))
+        return {k: run.last_train_config[k] for k in SHORT_PLAN_RECIPE}
+    assert card(target_val_loss=0.01, plan_iters=3) == SHORT_PLAN_RECIPE
+    assert card() == {k: getattr(default, k) for k in SHORT_PLAN_RECIPE}
+
+
 def test_bf16_inference_weights_match_fp32_logits():
     """bf16 weights (what bench times for decoding where the CPU has bf16) give the fp32 model's
     next-token distribution within 0.01 of probability, and the same top token almost everywhere."""
