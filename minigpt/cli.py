@@ -242,7 +242,8 @@ def _train(args, team) -> int:
                           file=out, flush=True)
             elif isinstance(ev, Eval):
                 last_val = ev.val_loss
-                print(f"eval @ {ev.iter}: train {ev.train_loss:.4f} | val {ev.val_loss:.4f}", file=out, flush=True)
+                train_loss = f"train {ev.train_loss:.4f} | " if ev.train_loss is not None else ""
+                print(f"eval @ {ev.iter}: {train_loss}val {ev.val_loss:.4f}", file=out, flush=True)
             elif isinstance(ev, Sample):
                 print("--- sample ---\n" + ev.text.strip("\n") + "\n--------------", file=out, flush=True)
             if isinstance(ev, Done):

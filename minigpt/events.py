@@ -39,7 +39,7 @@ class Step:
 @dataclass
 class Eval:
     iter: int
-    train_loss: float
+    train_loss: float | None  # None at a target run's extra checks, which estimate the validation loss only
     val_loss: float
     elapsed: float
     # Per block, first block first (empty for the bigram): see minigpt/diagnostics.py.

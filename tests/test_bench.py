@@ -311,6 +311,7 @@ def test_target_run_decays_over_its_plan_and_checks_near_its_end_and_after(small
     assert lrs[10] > 10 * cfg.min_lr
     # the last 20% of the plan, each step, then every tenth of the plan (2 steps) until max_iters
     assert [e.iter for e in events if isinstance(e, Eval)] == [16, 17, 18, 19, 20, 22, 24, 26, 28, 30]
+    assert all(e.train_loss is None for e in events if isinstance(e, Eval))  # checks: the val estimate only
     assert events[-1].reason == "max_iters" and events[-1].final_val_loss > 0.01
 
 
