@@ -1,13 +1,12 @@
 """One user's session of the playground: what the page's handlers call, as plain Python.
 
 A `Session` is one browser tab (or one gradio_client Client): its model, training run and stop
-flag. It trains (a generator of throttled `TrainView`s), stops, continues, resets, saves and
-loads checkpoints, generates, compares sampling strategies and reads attention weights. Bad input
-raises ValueError (or CheckpointError / DataError, both ValueErrors) and never touches the
-current model. Sessions live in a `Playground` (minigpt/playground.py), which shares the shipped
-model and the data between them. Core module: imports minigpt's core only (never gradio or
-matplotlib).
-"""
+flag. It trains (a generator of throttled `TrainView`s), stops, continues, resets, saves and loads
+checkpoints, generates, compares sampling strategies and reads attention weights. Bad input raises
+ValueError (or CheckpointError / DataError, both ValueErrors) and never touches the current model.
+Sessions live in a `Playground` (minigpt/playground.py), which shares the shipped model and the
+data between them. A dropped session's generation and comparison end at their next token (`closed`:
+Gradio goes on running a closed tab's event). Core module: minigpt's core only (no gradio, no pyplot)."""
 
 from __future__ import annotations
 
@@ -125,8 +124,7 @@ class Session:
         stays on one thread for the whole run (torch's thread settings are per thread; a streamed
         handler's chunks run on whichever worker thread is free). If the consumer stops early (the
         browser's Stop cancels the request), the run is stopped and finishes cleanly all the same,
-        in the background; the session counts as training (and keeps its queue slot) until it has.
-        """
+        in the background; the session counts as training (and keeps its queue slot) until it has."""
         limits = self.pg.limits
         if not self._train_lock.acquire(blocking=False):
             raise ValueError("this session is already training: stop it first")
@@ -315,8 +313,7 @@ class Session:
     def generate(self, prompt: str, tokens: int, sampling: SamplingConfig, seed: int, use_cache: bool = True,
                  interval: float = 0.1):
         """Stream (text so far, stats) for one strategy; records tokens/s for the cache on/off read-out.
-        Ends without final stats if the session is dropped meanwhile (its tab closed: Gradio goes on
-        running a closed tab's event, and 2,000 tokens without the cache took ~14 s of a core)."""
+        A dropped session's ends without final stats."""
         n = check_int("tokens", tokens, 1, self.pg.limits.max_new_tokens)
         seed = check_int("seed", seed, 0, 2**63 - 1)
         prompt = check_text("prompt", prompt, self.pg.limits.max_prompt_chars)
@@ -366,8 +363,7 @@ class Session:
 
         Each column: name, sampling, tokens (text, prob, top alternatives), text, stats (its seconds:
         the time spent waiting for its steps, batched with any concurrent Compares on the model). The last
-        comparison is kept so `next_token` can explain any of its steps.
-        """
+        comparison is kept so `next_token` can explain any of its steps."""
         n = check_int("tokens", tokens, 1, self.pg.limits.max_new_tokens)
         seed = check_int("seed", seed, 0, 2**63 - 1)
         if not strategies:
