@@ -213,13 +213,16 @@ def skip_dynamo_import() -> bool:
     return found
 
 
+_ADAM_STEP = inspect.unwrap(torch.optim.Adam.step)  # torch's step itself, inside its wrappers
+
+
 class AdamW(torch.optim.AdamW):
     """torch's AdamW, stepped without the wrapper of `Adam.step` that imports torch._dynamo at every
     call (for a graph break under torch.compile) and turns gradients off: here `no_grad` does that."""
 
     @torch.no_grad()
     def step(self, closure=None):
-        return inspect.unwrap(torch.optim.Adam.step)(self, closure)
+        return _ADAM_STEP(self, closure)
 
 
 def optimizer_kind(optimizer) -> str:

@@ -313,7 +313,7 @@ class Session:
     def generate(self, prompt: str, tokens: int, sampling: SamplingConfig, seed: int, use_cache: bool = True,
                  interval: float = 0.1):
         """Stream (text so far, stats) for one strategy; records tokens/s for the cache on/off read-out.
-        A dropped session's ends without final stats."""
+        Ends without final stats once the session is dropped (`closed`)."""
         n = check_int("tokens", tokens, 1, self.pg.limits.max_new_tokens)
         seed = check_int("seed", seed, 0, 2**63 - 1)
         prompt = check_text("prompt", prompt, self.pg.limits.max_prompt_chars)

@@ -48,10 +48,10 @@ PLAN_TOKENS_PER_STEP = 16 * 64
 # The same for Muon, the default (muon_lr 0.03 with weight decay 0.1, lr 6e-3 → 6e-5, batch 48): it
 # learns far more per step. Measured 2026-11-29 23:00-23:20 UTC with `train --max-iters H --batch-size 48`,
 # seed 1337; at batch 32 it was ((150, 2.219), (300, 1.874), (500, 1.713), (800, 1.612), (1500, 1.539),
-# (3000, 1.481)). Plans under SHORT_PLAN steps train with SHORT_PLAN_RECIPE, and their points are its
-# (measured 2026-11-30 11:00-11:20 UTC on the 2-core Xeon; the default recipe there: 150 → 2.160,
-# 200 → 1.970, 300 → 1.784, 450 → 1.676).
-MUON_PLAN_TABLE = ((150, 2.032), (200, 1.900), (300, 1.763), (450, 1.672), (500, 1.652), (800, 1.577),
+# (3000, 1.481)). Plans under SHORT_PLAN steps train with SHORT_PLAN_RECIPE, and the points below it are
+# that recipe's (measured 2026-11-30 11:00-11:20 UTC on the 2-core Xeon, as was the 450-step point; the
+# default recipe there: 150 → 2.160, 200 → 1.970, 300 → 1.784; the short recipe at 450: 1.672).
+MUON_PLAN_TABLE = ((150, 2.032), (200, 1.900), (300, 1.763), (450, 1.676), (500, 1.652), (800, 1.577),
                    (1500, 1.508), (3000, 1.474))
 MUON_PLAN_TOKENS_PER_STEP = 48 * 64
 # A short cosine wants a short warmup and a higher peak: the default's 50 warmup steps are a quarter of
