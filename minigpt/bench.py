@@ -7,12 +7,12 @@
 It builds minigpt's compiled kernels first on a CPU (~30 s once; minigpt/decode_kernel.py), then
 measures training tokens/s of the trainer itself (`train()`, fp32 and the fast path: bf16 autocast
 where it pays, device.cpu_bf16_pays, else fp32 again; the fast path also without the compiled
-kernels, to show their share) for the 4-layer, 128-wide, context-64 model at the default batch; generation tokens/s with and without
-the KV cache (6 layers, 384 wide, context 256, random weights: speed does not depend on them), the
-cached steps through the compiled decoding step and on the eager model, next to the
-step's floor (its weights' bytes over the memory bandwidth, measured in the same round); the app's cold start
-(launch app.py, poll its port until it answers); and the peak memory (RSS) of a
-`python -m minigpt train` run of the default model.
+kernels, to show their share) for the 4-layer, 128-wide, context-64 model at the default batch;
+generation tokens/s with and without the KV cache (6 layers, 384 wide, context 256, random weights:
+speed does not depend on them), the cached steps through the compiled decoding step and on the
+eager model, next to the step's floor (its weights' bytes over the memory bandwidth, measured in
+the same round); the app's cold start (launch app.py, poll its port until it answers); and the
+peak memory (RSS) of a `python -m minigpt train` run of the default model.
 Timings on a shared machine are noisy: fp32, the fast path and (with --baseline) nanoGPT's CPU
 recipe are measured in alternating rounds and the best round of each is reported, so the ratio
 compares best with best.

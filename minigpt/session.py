@@ -324,7 +324,9 @@ class Session:
         t0 = time.perf_counter()
         out, last = [], 0.0
         text = ""
-        while not self.closed.is_set():
+        while True:
+            if self.closed.is_set():
+                return
             with one_thread():
                 step = next(steps, None)
             if step is None:
@@ -335,8 +337,6 @@ class Session:
             if now - last >= interval:
                 last = now
                 yield text, self._gen_stats(out, now - t0, use_cache, final=False)
-        if self.closed.is_set():
-            return
         stats = self._gen_stats(out, time.perf_counter() - t0, use_cache, final=True)
         stats["context"] = ref.model.config.block_size
         stats["cache_full_after"] = max(0, ref.model.config.block_size - len(start_ids(ref.tokenizer, prompt)))
@@ -385,7 +385,9 @@ class Session:
                                          use_cache=use_cache, top_n=5)
         last = time.perf_counter()
         try:
-            while not self.closed.is_set():  # a closed tab's columns leave the batch
+            while True:
+                if self.closed.is_set():
+                    return  # the tab has gone: its rows leave the batch (finally) and nothing is kept
                 t = time.perf_counter()
                 row = next(steps, None)
                 spent = time.perf_counter() - t  # waiting for this step: its turn, then the batched forward
@@ -398,8 +400,6 @@ class Session:
                     yield comparison_view(cols, prompt)
         finally:
             steps.close()  # closed early (the tab closed, Stop): its rows leave the shared batch now
-        if self.closed.is_set():
-            return
         for c in cols:
             c["done"] = True
         self.last_columns = comparison_view(cols, prompt)

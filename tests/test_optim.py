@@ -254,7 +254,8 @@ limits = Limits.from_env()
 for kind in ("muon", "adamw"):
     run = build_run(build_parser().parse_args(["train", "--n-embd", "32", "--n-layer", "1", "--n-head", "2",
                                                "--block-size", "16"]), limits)
-    for _ in train(run, TrainConfig(optimizer=kind, max_iters=3, eval_interval=2, batch_size=4), threading.Event(), limits):
+    cfg = TrainConfig(optimizer=kind, max_iters=3, eval_interval=2, batch_size=4)
+    for _ in train(run, cfg, threading.Event(), limits):
         pass
     run.optimizer.load_state_dict(run.optimizer.state_dict())
 print(skip_dynamo_import(), "torch._dynamo" in sys.modules)
