@@ -94,10 +94,8 @@ def add_train(sub):
 
 
 def _splits(text: str, tokenizer):
-    import torch
-
-    from .data import split_ids
-    return split_ids(torch.tensor(tokenizer.encode(text), dtype=torch.long))
+    from .data import encode_ids, split_ids
+    return split_ids(encode_ids(tokenizer, text))
 
 
 def _data(source: str, kind: str, tokenizer=None):

@@ -239,13 +239,11 @@ def gain_note(val: float | None, prev: float | None, prev_name: str) -> str:
 
 def ladder_data(source: str = "shakespeare", kind: str = "char"):
     """(tokenizer, splits) of a text, as the trainer takes them: 'shakespeare' or a text file's path."""
-    import torch
-
-    from .data import load_text, split_ids
+    from .data import encode_ids, load_text, split_ids
     from .tokenizers import build_tokenizer
     text = load_text(source)
     tokenizer = build_tokenizer(kind, text)
-    return tokenizer, split_ids(torch.tensor(tokenizer.encode(text), dtype=torch.long))
+    return tokenizer, split_ids(encode_ids(tokenizer, text))
 
 
 def run_ladder(settings: LadderConfig, tokenizer, splits, stop: threading.Event | None = None,

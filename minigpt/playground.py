@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
-from .data import DataError, data_dir, load_text
+from .data import DataError, data_dir, encode_ids, load_text
 from .decode_batcher import DecodeBatcher
 from .device import pick_device, pick_precision
 from .estimate import Estimate, SpeedModel, estimate
@@ -107,11 +107,11 @@ class Playground:
             return None, None, text
         digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
         if tokenizer is not None:  # a given tokenizer (continuing a loaded model): encode, uncached
-            return tokenizer, torch.tensor(tokenizer.encode(text), dtype=torch.long), text
+            return tokenizer, encode_ids(tokenizer, text), text
 
         def build():
             tok = build_tokenizer(kind, text)
-            return tok, torch.tensor(tok.encode(text), dtype=torch.long)
+            return tok, encode_ids(tok, text)
         tok, ids = self._cached((digest, kind), build)
         return tok, ids, text
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from minigpt.data import load_text
+from minigpt.data import encode_ids, load_text
 from minigpt.tokenizers import (BPETokenizer, CharTokenizer, UnknownCharactersError, build_tokenizer,
                                 gpt2_encoding, tokenizer_from_dict)
 
@@ -23,6 +23,21 @@ def test_unknown_characters_are_named(small_text):
         tok.encode("Zebra 🦓")
     assert set(e.value.chars) == {"Z", "🦓", "b"} - set(small_text)
     assert tok.unknown("Zebra") == sorted(set("Zebra") - set(small_text))
+
+
+def test_encoded_ids_are_the_tokenizers_as_a_tensor(small_text):
+    """encode_ids (one byte per character for a vocabulary of up to 256) gives encode's ids, and the
+    same error for an unknown character; above 256 characters and for BPE it is encode as it is."""
+    import torch
+    text = small_text + "é—🦓\u00ff\x00"  # characters beyond one byte and at its edges
+    for tok in (CharTokenizer.from_text(text), CharTokenizer.from_text(text + "".join(map(chr, range(0x400, 0x500)))),
+                build_tokenizer("gpt2", text)):
+        ids = encode_ids(tok, text)
+        assert ids.dtype == torch.long and ids.tolist() == tok.encode(text)
+        assert encode_ids(tok, "").tolist() == []
+    tok = CharTokenizer.from_text(small_text)
+    with pytest.raises(UnknownCharactersError, match="'Z'"):
+        encode_ids(tok, small_text + "Zebra")
 
 
 def test_gpt2_bpe_works_offline_from_the_data_dir():
