@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 TOP_LEVEL = {"app.py", "minigpt", "checkpoints", "tests", "requirements.txt", "README.md", "pyproject.toml", "docs"}
 LOCAL = {"runs", "test-output", "build", "dist", "__pycache__"}  # ignored by git: made by using the project
@@ -56,6 +56,25 @@ def test_building_the_page_loads_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:3] == ["[]", "True True", "True True True"], out.stdout
+
+
+def test_the_web_app_is_made_once_at_launch_and_serves_the_whole_page():
+    """Building the page makes no web app of it (gradio would make two that launch() replaces, ~0.3 s of
+    cold start); launch() makes the one that serves every event, and gradio's own function is back."""
+    code = ("import json, urllib.request\n"
+            "from gradio.routes import App\n"
+            "make, made = App.__dict__['create_app'], []\n"
+            "App.create_app = staticmethod(lambda blocks, *a, **k: made.append(len(blocks.fns)) or make.__func__(blocks, *a, **k))\n"
+            "import app\n"
+            "print(made, App.__dict__['create_app'].__func__ is not make.__func__)\n"
+            f"app.demo.launch(**app.launch_kwargs(), server_name='127.0.0.1', server_port={free_port()}, "
+            "prevent_thread_lock=True, quiet=True)\n"
+            "config = json.load(urllib.request.urlopen(app.demo.local_url + 'config', timeout=30))\n"
+            "print(made[1:] == [len(app.demo.fns)], len(config['dependencies']) == len(app.demo.fns) > 20)\n"
+            "app.demo.close()\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[0] True", "True True"], out.stdout
 
 
 def test_the_playground_is_made_once_by_concurrent_first_callers():
