@@ -11,6 +11,10 @@ from minigpt import prepare_torch_env
 
 prepare_torch_env()  # before anything loads torch (the warm-up does)
 
+from minigpt.ui import without_ipython  # noqa: E402
+
+without_ipython()  # before gradio loads
+
 from minigpt.recovery import clean_at_start  # noqa: E402
 from minigpt.ui.common import LIMITS, PLAYGROUND, SAVE_ROOT  # noqa: F401,E402  (the server's limits and sessions, for tests)
 from minigpt.ui.layout import build_ui, launch_kwargs  # noqa: E402

@@ -46,16 +46,17 @@ HEAVY = ("torch", "matplotlib", "tiktoken", "safetensors")  # what the first pag
 
 def test_building_the_page_loads_no_torch():
     """Cold start: app.py builds the page and the server answers before torch (and matplotlib,
-    tiktoken, safetensors) load; the Playground, made on first use, brings them in."""
+    tiktoken, safetensors) load, and gradio loads without IPython; the Playground, made on first use,
+    brings them in."""
     code = ("import sys\nimport app\n"
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), sys.modules.get('IPython'))\n"
             "print(len(app.demo.fns) > 20, app.PLAYGROUND._playground is None)\n"
             "app.PLAYGROUND.warm_up().join(120)\n"
             "print('torch' in sys.modules, app.PLAYGROUND.get() is app.PLAYGROUND.get(), "
             "app.PLAYGROUND.device in ('cpu', 'cuda', 'mps'))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:3] == ["[]", "True True", "True True True"], out.stdout
+    assert out.stdout.split("\n")[:3] == ["[] None", "True True", "True True True"], out.stdout
 
 
 def test_the_web_app_is_made_once_at_launch_and_serves_the_whole_page():

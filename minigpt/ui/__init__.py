@@ -8,3 +8,12 @@ Playground, the limits, errors as toasts), `inputs` the input components whose r
 knob, `theme` the look. Handlers are thin: a minigpt call in, component values out. Modules here
 may import gradio, minigpt's core and each other; the core never imports them.
 """
+
+
+def without_ipython() -> None:
+    """For the server's process (app.py): where IPython is not loaded, importing it fails, as where it is
+    not installed. gradio imports it when it loads (its notebook magic) and asks it at launch whether
+    it runs in Colab: ~0.3 s of a ~4 s cold start here, for a server that never runs inside IPython.
+    (Inside IPython it is loaded already, and nothing changes.)"""
+    import sys
+    sys.modules.setdefault("IPython", None)
