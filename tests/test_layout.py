@@ -54,28 +54,31 @@ def test_building_the_page_loads_no_torch():
             "app.PLAYGROUND.warm_up().join(120)\n"
             "print('torch' in sys.modules, app.PLAYGROUND.get() is app.PLAYGROUND.get(), "
             "app.PLAYGROUND.device in ('cpu', 'cuda', 'mps'))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:3] == ["[] None", "True True", "True True True"], out.stdout
+    assert _python(code)[:3] == ["[] None", "True True", "True True True"]
 
 
 def test_the_web_app_is_made_once_at_launch_and_serves_the_whole_page():
     """Building the page makes no web app of it (gradio would make two that launch() replaces, ~0.3 s of
-    cold start); launch() makes the one that serves every event, and gradio's own function is back."""
+    cold start); launch() makes the one that serves every event, and the function building it is put back."""
     code = ("import json, urllib.request\n"
             "from gradio.routes import App\n"
-            "make, made = App.__dict__['create_app'], []\n"
-            "App.create_app = staticmethod(lambda blocks, *a, **k: made.append(len(blocks.fns)) or make.__func__(blocks, *a, **k))\n"
+            "make, made = App.__dict__['create_app'].__func__, []\n"
+            "App.create_app = counting = staticmethod(lambda b, *a, **k: made.append(len(b.fns)) or make(b, *a, **k))\n"
             "import app\n"
-            "print(made, App.__dict__['create_app'].__func__ is not make.__func__)\n"
+            "print(made, App.__dict__['create_app'] is counting)\n"
             f"app.demo.launch(**app.launch_kwargs(), server_name='127.0.0.1', server_port={free_port()}, "
             "prevent_thread_lock=True, quiet=True)\n"
             "config = json.load(urllib.request.urlopen(app.demo.local_url + 'config', timeout=30))\n"
             "print(made[1:] == [len(app.demo.fns)], len(config['dependencies']) == len(app.demo.fns) > 20)\n"
             "app.demo.close()\n")
+    assert _python(code)[:2] == ["[0] True", "True True"]
+
+
+def _python(code: str) -> list[str]:
+    """The lines `python -c code` prints, run in the project's root; it must succeed."""
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["[0] True", "True True"], out.stdout
+    return out.stdout.split("\n")
 
 
 def test_the_playground_is_made_once_by_concurrent_first_callers():
