@@ -143,6 +143,7 @@ class TrainConfig:
     lr: float = 6e-3                  # AdamW's peak learning rate: high suits short runs of small models (3e-3: slower)
     muon_lr: float = 0.03             # Muon's peak learning rate (the same schedule scales both; 0.02 and
                                       # 0.04 ended 0.010 higher in the shipped model's 1750 steps)
+    muon_momentum: float = 0.95       # Muon's (Nesterov) momentum; a short target plan takes 0.9
     min_lr: float = 6e-5              # the cosine decays to ~0: worth 0.03 of loss over 6000 steps vs lr/10
     warmup_iters: int = 50            # linear warmup from ~0 to lr
     max_iters: int = 3000             # steps in this call of train(): ~2.3 min on 2 CPU cores
@@ -169,6 +170,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         self.lr = check_float("lr", self.lr, 0.0, 1.0, lo_open=True)
         self.muon_lr = check_float("muon_lr", self.muon_lr, 0.0, 10.0, lo_open=True)
+        self.muon_momentum = check_float("muon_momentum", self.muon_momentum, 0.0, 1.0, hi_open=True)
         self.min_lr = check_float("min_lr", self.min_lr, 0.0, self.lr)
         self.warmup_iters = check_int("warmup_iters", self.warmup_iters, 0, limits.max_iters)
         self.max_iters = check_int("max_iters", self.max_iters, 1, limits.max_iters)

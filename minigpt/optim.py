@@ -262,7 +262,7 @@ def make_optimizer(model, cfg, device: str):
     # The same decoupled decay as AdamW's matrices (torch's Muon multiplies by 1 - lr·wd each step): the
     # default recipe sees Tiny Shakespeare ~3.5 times and overfits; 0.1 took the shipped model's full-val
     # from 1.527 to 1.514 in the same 1750 steps (0.25: 1.523).
-    muon = BatchedMuon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=0.95,
+    muon = BatchedMuon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
                        ns_dtype=ns_dtype_for(device), ns_schedule=POLAR_EXPRESS[:POLAR_EXPRESS_STEPS],
                        use_kernel=getattr(model, "training_kernels", True))
     for g in adamw.param_groups:

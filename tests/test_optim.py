@@ -45,6 +45,24 @@ def test_muon_goes_to_block_matrices_only(data):
     assert [g["weight_decay"] for g in opt.param_groups] == [0.07, 0.0, 0.07]
 
 
+def test_each_run_steps_with_its_own_momenta(data):
+    """Muon's momentum and AdamW's beta2 are the run's config: a fresh optimizer takes them, and a
+    continued run (the page's Continue keeps the optimizer) steps with its own, not the first run's."""
+    tok, splits = data
+    run = _run(tok, splits)
+
+    def momenta():
+        return sorted({("muon", g["momentum"]) if g["kind"] == "muon" else ("adamw", g["betas"])
+                       for g in run.optimizer.param_groups})
+    list(train(run, _cfg(muon_momentum=0.9, beta2=0.95)))
+    assert momenta() == [("adamw", (0.9, 0.95)), ("muon", 0.9)]
+    first = run.optimizer
+    list(train(run, _cfg()))
+    assert run.optimizer is first and momenta() == [("adamw", (0.9, 0.99)), ("muon", 0.95)]
+    with pytest.raises(ValueError, match="muon_momentum"):
+        _cfg(muon_momentum=1.0).validate()
+
+
 @pytest.mark.parametrize("nesterov,wd", [(True, 0.0), (False, 0.1)])
 def test_batched_muon_matches_torch_muon(nesterov, wd):
     torch.manual_seed(0)
