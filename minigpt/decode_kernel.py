@@ -49,15 +49,18 @@ def _build_dir() -> Path:
     return kernel_dir() / _name()
 
 
+def _library() -> Path:
+    return _build_dir() / f"{_name()}.so"
+
+
 def is_built() -> bool:
     """True when this source's kernel has been compiled here (loading it is then quick)."""
-    return (_build_dir() / f"{_name()}.so").exists()
+    return _library().exists()
 
 
 @functools.lru_cache(maxsize=1)
 def _load():
-    build = _build_dir()
-    library = build / f"{_name()}.so"
+    build, library = _build_dir(), _library()
     if library.exists():
         # Built for these sources and this torch (the name says so): import it as it is. torch's
         # `load` would run ninja first (~0.2 s of every process) and rebuild it (~45 s) for a checkout
