@@ -11,9 +11,9 @@ from minigpt import prepare_torch_env
 
 prepare_torch_env()  # before anything loads torch (the warm-up does)
 
-from minigpt.ui import without_ipython  # noqa: E402
+from minigpt.ui import lighter_gradio_import  # noqa: E402
 
-without_ipython()  # before gradio loads
+lighter_gradio_import()  # before gradio loads: no IPython, no type stubs rewritten
 
 from minigpt.recovery import clean_at_start  # noqa: E402
 from minigpt.ui.common import LIMITS, PLAYGROUND, SAVE_ROOT  # noqa: F401,E402  (the server's limits and sessions, for tests)

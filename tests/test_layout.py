@@ -46,15 +46,29 @@ HEAVY = ("torch", "matplotlib", "tiktoken", "safetensors")  # what the first pag
 
 def test_building_the_page_loads_no_torch():
     """Cold start: app.py builds the page and the server answers before torch (and matplotlib,
-    tiktoken, safetensors) load, and gradio loads without IPython; the Playground, made on first use,
-    brings them in."""
+    tiktoken, safetensors) load, and gradio loads without IPython or its stub writer; the Playground,
+    made on first use, brings them in."""
     code = ("import sys\nimport app\n"
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), sys.modules.get('IPython'))\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), sys.modules.get('IPython'), "
+            "sys.modules['gradio.component_meta'].create_or_modify_pyi.__name__)\n"
             "print(len(app.demo.fns) > 20, app.PLAYGROUND._playground is None)\n"
             "app.PLAYGROUND.warm_up().join(120)\n"
             "print('torch' in sys.modules, app.PLAYGROUND.get() is app.PLAYGROUND.get(), "
             "app.PLAYGROUND.device in ('cpu', 'cuda', 'mps'))\n")
-    assert _python(code)[:3] == ["[] None", "True True", "True True True"]
+    assert _python(code)[:3] == ["[] None _write_no_stub", "True True", "True True True"]
+
+
+@pytest.mark.parametrize("lighter", [False, True])
+def test_a_lighter_gradio_writes_no_type_stubs(tmp_path, lighter):
+    """gradio rewrites a `.pyi` stub beside the source of every component class it makes (re-parsing
+    the file each time: ~1.5 s of its import); after `lighter_gradio_import()` it writes none, and
+    the component still works."""
+    (tmp_path / "knob.py").write_text("import gradio as gr\n\nclass Knob(gr.Textbox):\n"
+                                      "    def preprocess(self, payload):\n        return payload.upper()\n")
+    code = ("import sys\n" + ("from minigpt.ui import lighter_gradio_import\nlighter_gradio_import()\n" if lighter else "")
+            + f"sys.path.insert(0, {str(tmp_path)!r})\nimport knob\nprint(knob.Knob().preprocess('ok'))\n")
+    assert _python(code)[0] == "OK"
+    assert (tmp_path / "knob.pyi").exists() is not lighter
 
 
 def test_the_web_app_is_made_once_at_launch_and_serves_the_whole_page():
