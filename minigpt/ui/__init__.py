@@ -9,6 +9,9 @@ knob, `theme` the look. Handlers are thin: a minigpt call in, component values o
 may import gradio, minigpt's core and each other; the core never imports them.
 """
 
+import importlib.machinery
+import sys
+
 
 def lighter_gradio_import() -> None:
     """For a process about to import gradio (app.py): two things gradio does as it loads, which a
@@ -22,7 +25,6 @@ def lighter_gradio_import() -> None:
       `gradio.component_meta.create_or_modify_pyi` is made to do nothing as that module loads.
 
     Does nothing to a gradio already imported."""
-    import sys
     sys.modules.setdefault("IPython", None)
     if "gradio.component_meta" not in sys.modules and not any(isinstance(f, _NoStubs) for f in sys.meta_path):
         sys.meta_path.insert(0, _NoStubs())
@@ -39,8 +41,6 @@ class _NoStubs:
     def find_spec(self, name, path, target=None):
         if name != "gradio.component_meta":
             return None
-        import importlib.machinery
-        import sys
         if self in sys.meta_path:
             sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
