@@ -1,7 +1,8 @@
 """Tokenizers: characters (built from the training text) and GPT-2 BPE (tiktoken, offline).
 
 Both follow one protocol: `encode(text) -> list[int]`, `decode(ids) -> str`, `vocab_size`,
-`to_dict()` (JSON for checkpoint metadata), `pieces(ids)` (the text of each token, for the UI).
+`to_dict()` (JSON for checkpoint metadata), `pieces(ids)` (the text of each token, for the UI),
+`encode_bytes(text)` (the ids one byte each, or None where they do not fit; data.encode_ids uses it).
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ class CharTokenizer:
     def unknown(self, text: str) -> list[str]:
         """The characters of `text` outside the vocabulary (empty if none)."""
         return sorted({c for c in text if c not in self.stoi})
+
+    def encode_bytes(self, text: str) -> bytes | None:
+        """`encode(text)` one byte an id, None for a vocabulary over 256; raises as `encode` does. One
+        `str.translate` over the text: Tiny Shakespeare in ~20 ms against ~130 ms for encode's list."""
+        if self.vocab_size > 256:
+            return None
+        if not set(text) <= self.stoi.keys():
+            raise UnknownCharactersError(self.unknown(text))
+        return text.translate(self._byte_table).encode("latin-1")
+
+    @functools.cached_property
+    def _byte_table(self) -> dict[int, int]:
+        return {ord(c): i for c, i in self.stoi.items()}
 
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in ids)
@@ -134,6 +148,10 @@ class BPETokenizer:
         if self.ids is None:
             return []
         return sorted({self.enc.decode([g]) for g in self.enc.encode_ordinary(text) if g not in self.to_compact})
+
+    def encode_bytes(self, text: str) -> None:
+        """None: BPE ids do not fit a byte (see CharTokenizer.encode_bytes)."""
+        return None
 
     def _gpt2(self, ids):
         return [self.ids[i] for i in ids] if self.ids is not None else list(ids)
